@@ -1,0 +1,187 @@
+"""Checkpoint directories in Hugging Face layout: find, load strictly, save.
+
+A checkpoint is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, read only through
+``torch.load(weights_only=True)``) + ``tokenizer.json``/``vocab.txt`` (+ ``tokenizer_config.json``) +
+``README.md``. A Hub id is fetched with ``huggingface_hub``, which falls back on its local cache when offline.
+Finding and reading the directory needs no torch; building a torch model does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import DistilBertConfig
+from .errors import CheckpointError
+from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import DistilBertForSequenceClassification
+
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+PICKLE_NAME = "pytorch_model.bin"
+TOKENIZER_NAMES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Non-persistent buffers that some older transformers versions wrote into their checkpoints.
+IGNORED_SUFFIXES = ("position_ids",)
+
+
+def default_model_dir() -> Path:
+    """The model trained by this project and shipped inside the package."""
+    return Path(__file__).parent / "default_model"
+
+
+def resolve(path_or_id: str | os.PathLike | None) -> Path:
+    """A local checkpoint directory for a path, a Hub id, or ``None`` (the embedded default model)."""
+    if path_or_id is None:
+        directory = default_model_dir()
+        if not (directory / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"the default model is not installed at {directory}; pass a model path or build it with "
+                "scripts/build_default_model.py"
+            )
+        return directory
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; a checkpoint is a directory with {CONFIG_NAME}")
+    text = str(path_or_id)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        raise CheckpointError(f"checkpoint directory {text} does not exist")
+    return _download(text)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        raise CheckpointError(
+            f"{repo_id} is not a local directory, and loading from the Hub needs huggingface_hub"
+        ) from None
+    try:
+        config_path = Path(hf_hub_download(repo_id, CONFIG_NAME))
+        for name in (SAFETENSORS_NAME, PICKLE_NAME):
+            try:
+                hf_hub_download(repo_id, name)
+                break
+            except EntryNotFoundError:
+                continue
+        for name in TOKENIZER_NAMES:
+            try:
+                hf_hub_download(repo_id, name)
+            except EntryNotFoundError:
+                continue
+    except Exception as e:  # offline without a cached copy, unknown repository, network errors
+        raise CheckpointError(
+            f"{repo_id} is not a local directory and could not be loaded from the Hub or its cache "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    return config_path.parent
+
+
+def load_config(directory: Path) -> DistilBertConfig:
+    return DistilBertConfig.from_json(directory / CONFIG_NAME)
+
+
+def load_tokenizer(directory: Path, config: DistilBertConfig) -> Tokenizer:
+    return Tokenizer.from_dir(directory, max_length=min(512, config.max_position_embeddings))
+
+
+def load_state_dict(directory: Path) -> dict[str, "torch.Tensor"]:
+    """Tensors of a checkpoint directory, from safetensors or from a weights-only pickle."""
+    import torch
+
+    safetensors_path = directory / SAFETENSORS_NAME
+    pickle_path = directory / PICKLE_NAME
+    if safetensors_path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(safetensors_path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{safetensors_path} is not a readable safetensors file ({e})") from None
+    elif pickle_path.is_file():
+        try:
+            tensors = torch.load(pickle_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for corrupt ones
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"{pickle_path} cannot be loaded as weights only (refusing unsafe or corrupt pickle): {first_line}"
+            ) from None
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+            raise CheckpointError(f"{pickle_path} does not hold a dictionary of tensors")
+    else:
+        raise CheckpointError(f"{directory} has neither {SAFETENSORS_NAME} nor {PICKLE_NAME}")
+    return {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+
+
+def check_state_dict(expected: dict[str, "torch.Tensor"], found: dict[str, "torch.Tensor"], source: str) -> None:
+    """Raise a :class:`CheckpointError` naming every missing, unexpected and mis-shaped tensor."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected " + ", ".join(unexpected))
+    for name in sorted(set(expected) & set(found)):
+        if tuple(expected[name].shape) != tuple(found[name].shape):
+            problems.append(
+                f"{name} has shape {tuple(found[name].shape)}, the config needs {tuple(expected[name].shape)}"
+            )
+    if problems:
+        raise CheckpointError(f"{source} does not match its config: " + "; ".join(problems))
+
+
+def load_weights(directory: Path, config: DistilBertConfig) -> "DistilBertForSequenceClassification":
+    """The float32 torch model of a checkpoint directory, in eval mode, loaded strictly."""
+    import torch
+
+    from .model import DistilBertForSequenceClassification
+
+    state_dict = load_state_dict(directory)
+    with torch.device("meta"):
+        model = DistilBertForSequenceClassification(config)
+    check_state_dict(model.state_dict(), state_dict, str(directory))
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
+    return model.eval()
+
+
+def load_model(path_or_id: str | os.PathLike | None) -> tuple["DistilBertForSequenceClassification", Tokenizer]:
+    """The torch model (float32, eval mode) and tokenizer of a path, Hub id or the default model."""
+    directory = resolve(path_or_id)
+    config = load_config(directory)
+    return load_weights(directory, config), load_tokenizer(directory, config)
+
+
+def save_model(
+    model: "DistilBertForSequenceClassification",
+    tokenizer: Tokenizer,
+    directory: str | os.PathLike,
+    card: str | None = None,
+    dtype: "torch.dtype | None" = None,
+) -> Path:
+    """Write a checkpoint directory that both distilsent and ``transformers`` load.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the weights at lower precision; loading casts back to float32.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous().clone()
+        for name, tensor in model.state_dict().items()
+    }
+    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    model.config.to_json(directory / CONFIG_NAME)
+    tokenizer.save(directory)
+    if card is not None:
+        (directory / "README.md").write_text(card, encoding="utf-8")
+    return directory

@@ -1,0 +1,180 @@
+"""Labelled examples from CSV, TSV, JSONL (also on stdin) and Parquet files.
+
+Columns are found by name (``sentence``/``text``/``review``..., ``label``/``sentiment``...) unless given.
+Labels may be integer ids or names (``positive``, ``neg``, ``NEGATIVE``...). A malformed row is a
+:class:`DataError` naming the file and line; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DataError, MissingDependencyError
+
+TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
+LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class")
+ALIASES = {"pos": "positive", "neg": "negative", "+": "positive", "-": "negative"}
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+
+
+def detect_format(path: str) -> str:
+    if path == "-":
+        return "jsonl"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("json", "ndjson"):
+        return "jsonl"
+    if suffix in FORMATS:
+        return suffix
+    raise DataError(f"{path}: cannot tell the format from the extension; pass one of {', '.join(FORMATS)}")
+
+
+def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record) pairs; header problems and unreadable lines raise DataError."""
+    if fmt == "parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise MissingDependencyError("reading Parquet needs pyarrow: pip install 'distilsent[train]'") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+        for number, record in enumerate(table.to_pylist(), start=1):
+            yield number, record
+        return
+    try:
+        handle = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: {e.strerror}") from None
+    with handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8") from None
+    if fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: invalid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+        return
+    if fmt == "tsv":
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty") from None
+    except csv.Error as e:
+        raise DataError(f"{path}:1: {e}") from None
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: {e}") from None
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(fields)}")
+        yield reader.line_num, dict(zip(header, fields))
+
+
+def _pick(record: dict, given: str | None, candidates: Sequence[str], what: str, path: str) -> str:
+    if given is not None:
+        if given not in record:
+            raise DataError(f"{path}: no {what} column {given!r}; columns are {', '.join(map(str, record))}")
+        return given
+    lowered = {str(k).lower(): k for k in record}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    raise DataError(
+        f"{path}: cannot find a {what} column among {', '.join(map(str, record))}; pass the column name"
+    )
+
+
+def parse_label(value, labels: Sequence[str]) -> int:
+    """An integer id (or its string) or a label name, case-insensitive, with pos/neg aliases."""
+    if isinstance(value, bool):
+        raise ValueError(f"label {value!r} is a boolean")
+    if isinstance(value, int):
+        label = value
+    elif isinstance(value, float) and value.is_integer():
+        label = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        label = int(value.strip())
+    elif isinstance(value, str):
+        name = value.strip().lower()
+        name = ALIASES.get(name, name)
+        names = [label.lower() for label in labels]
+        if name not in names:
+            raise ValueError(f"unknown label {value!r}; expected one of {', '.join(labels)} or an id")
+        return names.index(name)
+    else:
+        raise ValueError(f"label {value!r} is a {type(value).__name__}, expected an id or a name")
+    if not 0 <= label < len(labels):
+        raise ValueError(f"label id {label} is outside 0..{len(labels) - 1}")
+    return label
+
+
+def read_examples(
+    path: str | os.PathLike,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    labels: Sequence[str] = ("NEGATIVE", "POSITIVE"),
+    fmt: str | None = None,
+) -> list[Example]:
+    """Every labelled example of a file (``-`` reads JSONL from stdin)."""
+    path = str(path)
+    fmt = fmt or detect_format(path)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if path != "-" and not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    examples = []
+    columns = None
+    for number, record in _rows(path, fmt):
+        if columns is None:
+            columns = (
+                _pick(record, text_column, TEXT_COLUMNS, "text", path),
+                _pick(record, label_column, LABEL_COLUMNS, "label", path),
+            )
+        text_key, label_key = columns
+        where = f"{path}:{number}" if fmt != "parquet" else f"{path}: row {number}"
+        if text_key not in record or label_key not in record:
+            raise DataError(f"{where}: missing the {text_key!r} or {label_key!r} field")
+        text = record[text_key]
+        if not isinstance(text, str):
+            raise DataError(f"{where}: the text is a {type(text).__name__}, expected a string")
+        try:
+            label = parse_label(record[label_key], labels)
+        except ValueError as e:
+            raise DataError(f"{where}: {e}") from None
+        examples.append(Example(text, label))
+    if not examples:
+        raise DataError(f"{path}: no examples")
+    return examples

@@ -1,0 +1,29 @@
+"""Every error distilsent raises on purpose, in one place.
+
+Callers catch :class:`DistilsentError` to handle anything the library reports; the command line turns
+it into a one-line message and a non-zero exit code.
+"""
+
+
+class DistilsentError(Exception):
+    """Base class of every error raised by distilsent."""
+
+
+class ConfigError(DistilsentError, ValueError):
+    """A model configuration is missing, malformed or inconsistent."""
+
+
+class CheckpointError(DistilsentError):
+    """A checkpoint is missing, corrupt, unsafe or does not match its configuration."""
+
+
+class InputError(DistilsentError, ValueError):
+    """Input text or data is of the wrong type or malformed."""
+
+
+class DataError(InputError):
+    """A labelled data file has a malformed row; the message names the file and line."""
+
+
+class MissingDependencyError(DistilsentError, ImportError):
+    """An optional dependency is needed; the message says what to install."""

@@ -1,0 +1,299 @@
+"""Fine-tuning: an explicit loop with a visible learning-rate function and a plain, resumable checkpoint.
+
+AdamW, linear warm-up then linear decay, gradient clipping, length-grouped batches with dynamic padding,
+evaluation on a dev set during training, the best model kept (optionally an exponential moving average
+of the weights, which removes most of the step-to-step noise of small-batch fine-tuning), seeded and
+resumable: model, optimizer, EMA, RNG and data position live in ``OUT/resume.pt``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import Example
+from .errors import DistilsentError, InputError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup_steps: int = 600
+    epochs: int = 3
+    max_length: int = 128
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    eval_every: int = 500  # steps between dev evaluations (and at the end of every epoch)
+    save_every: int = 200  # steps between resume checkpoints
+    group_by_length: bool = True
+    group_size: int = 64  # batches per shuffled chunk that is sorted by length before cutting batches
+    ema_decay: float = 0.0  # 0 disables the weight average; e.g. 0.999
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "epochs", "max_length", "group_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise InputError("learning_rate must be positive, warmup_steps and eval_every non-negative")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+PRESETS = {
+    # The published recipes: SST-2 as for distilbert-base-uncased-finetuned-sst-2-english, IMDb as in
+    # the Hugging Face course.
+    "sst2": TrainConfig(learning_rate=1e-5, batch_size=32, warmup_steps=600, max_length=128, epochs=3),
+    "imdb": TrainConfig(learning_rate=2e-5, batch_size=16, warmup_steps=100, max_length=512, epochs=3, seed=42),
+}
+
+
+def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up from 0 to the peak over ``warmup_steps``, then linear decay to 0 at the last step."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    remaining = total_steps - step
+    return config.learning_rate * max(0.0, remaining / max(1, total_steps - config.warmup_steps))
+
+
+def epoch_batches(lengths: np.ndarray, config: TrainConfig, epoch: int) -> list[np.ndarray]:
+    """This epoch's batches of example indices; the same for the same seed and epoch.
+
+    With length grouping, a random chunk of ``group_size`` batches is sorted by length and cut, so a
+    batch holds texts of similar length (little padding) while the batch order stays random.
+    """
+    rng = np.random.default_rng([config.seed, epoch])
+    order = rng.permutation(len(lengths))
+    size = config.batch_size
+    if not config.group_by_length:
+        return [order[i : i + size] for i in range(0, len(order), size)]
+    batches = []
+    chunk = size * config.group_size
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[np.argsort(-lengths[part], kind="stable")]
+        batches.extend(part[i : i + size] for i in range(0, len(part), size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class _Progress:
+    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else a line every 50 steps."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        self.examples = 0
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, step: int, total: int, loss: float, examples: int, lr: float) -> None:
+        self.examples += examples
+        rate = self.examples / (time.perf_counter() - self.start)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
+            self.bar.update(1)
+        elif self.enabled and step % 50 == 0:
+            print(f"step {step}/{total} loss {loss:.4f} {rate:.0f} ex/s lr {lr:.2e}", file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        elif self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _dev_accuracy(model, tokenizer, dev: list[Example], max_length: int) -> dict:
+    from .backends import TorchBackend
+    from .classifier import Classifier
+    from .evaluate import evaluate
+
+    was_training = model.training
+    try:
+        clf = Classifier(TorchBackend(model), tokenizer, model.config, max_length=max_length, batch_size=128)
+        return evaluate(clf, dev)
+    finally:
+        model.train(was_training)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model,
+    tokenizer,
+    train_examples: list[Example],
+    dev_examples: list[Example] | None,
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    card=None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune ``model`` in place; keeps the best dev model in ``OUT/best`` and resumes from ``OUT/resume.pt``.
+
+    ``card(model_config, metrics) -> str`` writes the model card of every saved model. Returns the summary
+    that is also written to ``OUT/metrics.json``; each evaluation is appended to ``OUT/metrics.jsonl``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .checkpoint import save_model
+
+    if not train_examples:
+        raise InputError("no training examples")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    sequences = tokenizer.encode([e.text for e in train_examples], config.max_length)
+    lengths = np.array([len(s) for s in sequences])
+    labels = torch.tensor([e.label for e in train_examples])
+    n_labels = model.config.num_labels
+    if int(labels.max()) >= n_labels:
+        raise InputError(f"a label id is {int(labels.max())}, but the model has {n_labels} labels")
+    steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n and "layer_norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n and "layer_norm" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        fused=True,  # one kernel for all parameters: about 4x less optimizer time per step on CPU
+    )
+    ema = [p.detach().clone() for p in model.parameters()] if config.ema_decay else None
+
+    step, epoch, batch_index, best, history = 0, 0, 0, None, []
+    resume_path = out / "resume.pt"
+    settings = dataclasses.asdict(dataclasses.replace(config, threads=None))
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state["config"] != json.dumps(settings, sort_keys=True) or state["examples"] != len(sequences):
+            raise DistilsentError(
+                f"{resume_path} belongs to a run with other settings or data; use a new output directory"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None:
+            for e, saved in zip(ema, state["ema"]):
+                e.copy_(saved)
+        torch.set_rng_state(state["torch_rng"])
+        step, epoch, batch_index = state["step"], state["epoch"], state["batch"]
+        best, history = json.loads(state["best"]), json.loads(state["history"])
+
+    def save_resume(next_epoch: int, next_batch: int) -> None:
+        _atomic_save({
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema or [],
+            "torch_rng": torch.get_rng_state(),
+            "step": step, "epoch": next_epoch, "batch": next_batch,
+            "best": json.dumps(best), "history": json.dumps(history),
+            "config": json.dumps(settings, sort_keys=True), "examples": len(sequences),
+        }, resume_path)
+
+    def evaluate_now(bar: _Progress) -> None:
+        nonlocal best
+        if not dev_examples:
+            return
+        candidates = [("raw", None)] + ([("ema", ema)] if ema is not None else [])
+        for kind, weights in candidates:
+            if weights is not None:
+                saved = [p.detach().clone() for p in model.parameters()]
+                with torch.no_grad():
+                    for p, e in zip(model.parameters(), weights):
+                        p.copy_(e)
+            result = _dev_accuracy(model, tokenizer, dev_examples, config.max_length)
+            record = {"step": step, "epoch": step / steps_per_epoch, "weights": kind,
+                      **{k: result[k] for k in ("accuracy", "precision", "recall", "f1", "macro_f1", "ece")}}
+            history.append(record)
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.write(f"step {step} {kind}: dev accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f}")
+            if best is None or result["accuracy"] > best["accuracy"]:
+                best = record
+                save_model(model, tokenizer, out / "best", card=card(model.config, record) if card else None)
+            if weights is not None:
+                with torch.no_grad():
+                    for p, s in zip(model.parameters(), saved):
+                        p.copy_(s)
+
+    model.train()
+    bar = _Progress(total_steps, step, progress)
+    started, trained_examples, loss_avg = time.perf_counter(), 0, None
+    try:
+        while epoch < config.epochs:
+            plan = epoch_batches(lengths, config, epoch)
+            while batch_index < len(plan):
+                batch = plan[batch_index]
+                ids, mask = tokenizer.pad([sequences[i] for i in batch])
+                lr = learning_rate(step, total_steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits = model(torch.from_numpy(ids), torch.from_numpy(mask))  # (B, labels)
+                loss = F.cross_entropy(logits, labels[batch])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema, [p.detach() for p in model.parameters()], 1 - config.ema_decay)
+                step += 1
+                batch_index += 1
+                trained_examples += len(batch)
+                value = loss.item()
+                loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+                bar.update(step, total_steps, loss_avg, len(batch), lr)
+                if config.eval_every and step % config.eval_every == 0:
+                    evaluate_now(bar)
+                if step % config.save_every == 0:
+                    save_resume(epoch, batch_index)
+            epoch += 1
+            batch_index = 0
+            if not config.eval_every or step % config.eval_every:
+                evaluate_now(bar)
+            save_resume(epoch, 0)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    if not dev_examples:
+        save_model(model, tokenizer, out / "best", card=card(model.config, None) if card else None)
+    summary = {
+        "train_config": dataclasses.asdict(config),
+        "train_examples": len(sequences),
+        "steps": step,
+        "seconds_this_run": seconds,
+        "examples_per_second": trained_examples / seconds if seconds > 0 else None,
+        "best": best,
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
