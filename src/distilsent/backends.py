@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import DistilBertConfig
-from .errors import MissingDependencyError
+from .errors import CheckpointError, MissingDependencyError
 
 
 class Backend(Protocol):
@@ -53,3 +53,42 @@ class TorchBackend:
         with torch.inference_mode():
             out = self.model(torch.from_numpy(ids), torch.from_numpy(mask))
         return out.float().numpy()
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            "the onnx backend needs ONNX Runtime: pip install onnxruntime (or use backend='torch')"
+        ) from None
+    return onnxruntime
+
+
+class OnnxBackend:
+    """ONNX Runtime on the CPU: one session per model, reused by every call; no torch needed."""
+
+    name = "onnx"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        ort = require_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # 0 lets ONNX Runtime use one thread per physical core, which beats counting hyper-threads.
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1  # the graph is a chain: parallel branches would only add threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, not exported stably
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path} is not a loadable ONNX model ({first_line})") from None
+
+    @classmethod
+    def load(cls, directory: Path, config: DistilBertConfig, threads: int | None = None) -> "OnnxBackend":
+        require_onnxruntime()
+        from .export import onnx_path
+
+        return cls(onnx_path(directory, config), threads)
+
+    def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.session.run(("logits",), {"input_ids": ids, "attention_mask": mask})[0]

@@ -1,0 +1,318 @@
+"""ONNX export and backend: parity with torch, int8, the cache, batching order and budget, no torch at run time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distilsent import CheckpointError, Classifier
+from distilsent.classifier import plan_batches
+from distilsent.cli import main
+from distilsent.config import DistilBertConfig
+from distilsent.tokenizer import Tokenizer
+
+TEXTS = [
+    "great movie",
+    "the worst film i have seen , a boring mess from start to finish",
+    "",
+    "not bad at all !",
+    "i love this movie . the actors are great and the story is fun " * 6,
+    "awful",
+    "it was good but the plot was very bad , and they hate it ?",
+    "zzzq xylophone",
+]
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def make_model(directory: Path, vocab: Path, activation: str = "gelu", seed: int = 0) -> Path:
+    """A tiny checkpoint with every tensor random (biases and LayerNorms included), so that each one is checked."""
+    import torch
+
+    from distilsent.checkpoint import save_model
+    from distilsent.model import DistilBertForSequenceClassification
+
+    tokenizer = Tokenizer.from_vocab(vocab)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_heads=4, n_layers=2, hidden_dim=64,
+                              max_position_embeddings=128, activation=activation)
+    torch.manual_seed(seed)
+    model = DistilBertForSequenceClassification(config)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                tensor.copy_(torch.randn_like(tensor) * 0.2 + (1.0 if name.endswith("weight") else 0.0))
+            else:
+                tensor.normal_(std=0.3 if "embeddings" in name else 0.15)
+        model.classifier.weight.mul_(10)  # distinct, confident labels between texts
+    save_model(model, tokenizer, directory, card="# tiny random model\n")
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("DISTILSENT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, vocab_file) -> Path:
+    return make_model(tmp_path_factory.mktemp("random"), vocab_file)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, model_dir) -> Path:
+    from distilsent.export import export
+
+    out = tmp_path_factory.mktemp("exported")
+    export(model_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu"])
+def test_onnx_logits_match_torch_within_1e4(tmp_path, vocab_file, activation):
+    directory = make_model(tmp_path / "m", vocab_file, activation=activation, seed=1)
+    reference = Classifier.load(directory, backend="torch")
+    onnx = Classifier.load(directory, backend="onnx", batch_size=3)  # mixed lengths: padding inside batches
+    want, got = reference.logits(TEXTS), onnx.logits(TEXTS)
+    assert np.abs(want - got).max() < 1e-4
+    assert (want.argmax(-1) == got.argmax(-1)).all()
+    assert len(set(want.argmax(-1))) == 2  # both labels occur, so agreement means something
+    assert [r["label"] for r in onnx(TEXTS)] == [r["label"] for r in reference(TEXTS)]
+
+
+def test_float16_checkpoint_builds_an_exact_float32_graph(tmp_path, model_dir):
+    import torch
+
+    from distilsent.checkpoint import load_model, save_model
+
+    model, tokenizer = load_model(model_dir)
+    half = save_model(model, tokenizer, tmp_path / "half", dtype=torch.float16)  # how the default model ships
+    want = Classifier.load(half, backend="torch").logits(TEXTS)
+    np.testing.assert_allclose(Classifier.load(half).logits(TEXTS), want, atol=1e-4)
+
+
+def test_export_writes_a_self_contained_directory_and_reports_parity(tmp_path, model_dir, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(model_dir), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "parity on 12 texts: max |logit difference|" in printed and "label agreement 100.00%" in printed
+    assert {"model.onnx", "config.json", "tokenizer.json", "vocab.txt", "README.md"} <= {p.name for p in out.iterdir()}
+    assert "model.safetensors" not in {p.name for p in out.iterdir()}
+    assert "## ONNX export" in (out / "README.md").read_text()
+    moved = tmp_path / "moved"
+    out.rename(moved)  # nothing points back at the checkpoint
+    got = Classifier.load(moved).logits(TEXTS)
+    np.testing.assert_allclose(got, Classifier.load(model_dir, backend="torch").logits(TEXTS), atol=1e-4)
+
+
+def test_export_parity_on_a_labelled_file_reports_accuracy(tmp_path, model_dir, capsys):
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TEXTS[:4])))
+    assert main(["export", str(model_dir), str(tmp_path / "out"), "--parity-data", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "parity on 4 texts" in printed and "accuracy: torch" in printed
+
+
+def test_graph_has_dynamic_axes_and_fused_operators(exported):
+    import onnx
+
+    model = onnx.load(exported / "model.onnx")
+    ops = {n.op_type for n in model.graph.node}
+    assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu"} <= ops
+    for value in model.graph.input:
+        assert [d.dim_param for d in value.type.tensor_type.shape.dim] == ["batch", "sequence"]
+    clf = Classifier.load(exported)
+    for batch in (1, 5):
+        for width in (1, 7, 100):
+            ids = np.full((batch, width), 7, dtype=np.int64)
+            assert clf.backend.logits(ids, np.ones_like(ids)).shape == (batch, 2)
+
+
+def test_onnx_cache_is_built_once_and_keyed_by_weights(tmp_path, vocab_file, cache):
+    first = make_model(tmp_path / "a", vocab_file, seed=2)
+    Classifier.load(first)
+    built = list(cache.rglob("model.onnx"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    Classifier.load(first)
+    assert [p.stat().st_mtime_ns for p in cache.rglob("model.onnx")] == [stamp]
+    second = make_model(tmp_path / "b", vocab_file, seed=3)
+    clf = Classifier.load(second)
+    assert len(list(cache.rglob("model.onnx"))) == 2
+    np.testing.assert_allclose(clf.logits(TEXTS), Classifier.load(second, backend="torch").logits(TEXTS), atol=1e-4)
+
+
+def test_int8_export_quantizes_the_encoder_and_agrees_on_clear_cases(tmp_path, model_dir, exported):
+    import onnx
+
+    out = tmp_path / "int8"
+    assert main(["export", str(model_dir), str(out), "--int8"]) == 0
+    model = onnx.load(out / "model.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QAttention") == 2 and "MatMulInteger" in ops
+    assert [n.op_type for n in model.graph.node if n.name in ("pre_matmul", "logits_matmul")] == ["MatMul"] * 2
+    assert "EmbedLayerNormalization" in ops  # the embeddings stay float32 too
+    fp32 = Classifier.load(exported).logits(TEXTS)
+    int8 = Classifier.load(out).logits(TEXTS)
+    assert 0 < np.abs(fp32 - int8).max() < 0.1 * np.abs(fp32).max()
+    margin = np.abs(fp32[:, 1] - fp32[:, 0])
+    clear = margin > 0.2 * margin.max()
+    assert clear.sum() >= 4
+    assert (fp32.argmax(-1)[clear] == int8.argmax(-1)[clear]).all()
+
+
+class RecordingBackend:
+    """Logits that identify each text (its length and first word id); remembers every batch's shape."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def logits(self, ids, mask):
+        self.shapes.append(ids.shape)
+        return np.stack([mask.sum(1), ids[:, 1]], axis=1).astype(np.float32)
+
+
+def test_order_is_restored_after_length_sorting(vocab_file):
+    tokenizer = Tokenizer.from_vocab(vocab_file)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
+    backend = RecordingBackend()
+    clf = Classifier(backend, tokenizer, config, batch_size=2)
+    texts = TEXTS * 3
+    got = clf.logits(texts)
+    expected = np.array([[len(s), s[1]] for s in tokenizer.encode(texts, 128)], dtype=np.float32)
+    np.testing.assert_array_equal(got, expected)
+    widths = [width for _, width in backend.shapes]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) > 1
+
+
+def test_token_budget_bounds_every_padded_batch(vocab_file):
+    tokenizer = Tokenizer.from_vocab(vocab_file)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=128)
+    backend = RecordingBackend()
+    clf = Classifier(backend, tokenizer, config, batch_size=64, max_batch_tokens=60)
+    clf.logits(TEXTS * 5)
+    assert sum(rows for rows, _ in backend.shapes) == len(TEXTS) * 5
+    for rows, width in backend.shapes:
+        assert rows * width <= 60 or rows == 1
+
+
+def test_plan_batches_covers_every_index_once_within_limits():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 300, size=500).tolist()
+    batches = plan_batches(lengths, batch_size=16, max_batch_tokens=1000)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 16
+        assert len(batch) * width <= 1000 or len(batch) == 1
+
+
+def test_corrupt_onnx_file_is_a_checkpoint_error(tmp_path, exported):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for p in exported.iterdir():
+        (broken / p.name).write_bytes(p.read_bytes())
+    (broken / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(CheckpointError, match="not a loadable ONNX model"):
+        Classifier.load(broken)
+
+
+def test_unwritable_cache_and_output_are_clear_errors(tmp_path, model_dir, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("DISTILSENT_CACHE", str(blocker / "cache"))
+    with pytest.raises(CheckpointError, match="set DISTILSENT_CACHE to a writable directory"):
+        Classifier.load(model_dir)
+    assert main(["export", str(model_dir), str(blocker / "out")]) == 1
+
+
+BLOCKER = """
+import sys
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def run_without(blocked: set[str], code: str, tmp_path: Path, cache: Path) -> subprocess.CompletedProcess:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER.format(blocked=blocked))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(SRC)]), "DISTILSENT_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_onnx_backend_runs_where_torch_cannot_be_imported(tmp_path, model_dir, exported, cache):
+    code = f"""
+        import json, sys
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            sys.exit("the blocker did not block torch")
+        from distilsent import Classifier, MissingDependencyError
+        from distilsent.cli import main
+        out = {{
+            "exported": Classifier.load({str(exported)!r}).logits({TEXTS!r}).tolist(),
+            "built": Classifier.load({str(model_dir)!r}, backend="onnx").logits({TEXTS!r}).tolist(),
+        }}
+        try:
+            Classifier.load({str(model_dir)!r}, backend="torch")
+        except MissingDependencyError as e:
+            out["torch_error"] = str(e)
+        main(["export", {str(model_dir)!r}, {str(tmp_path / "no-torch-export")!r}])
+        out["torch_loaded"] = "torch" in sys.modules
+        print(json.dumps(out))
+    """
+    result = run_without({"torch"}, code, tmp_path, cache)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert not out["torch_loaded"]
+    want = Classifier.load(model_dir, backend="torch").logits(TEXTS)
+    np.testing.assert_allclose(np.array(out["exported"]), want, atol=1e-4)
+    np.testing.assert_allclose(np.array(out["built"]), want, atol=1e-4)
+    assert "pip install 'distilsent[torch]'" in out["torch_error"]
+    assert any(line.startswith("parity: skipped") for line in lines)
+    assert (tmp_path / "no-torch-export" / "model.onnx").is_file()
+
+
+def test_missing_onnxruntime_says_what_to_install(tmp_path, exported, cache):
+    code = f"""
+        from distilsent import Classifier, MissingDependencyError
+        try:
+            Classifier.load({str(exported)!r})
+        except MissingDependencyError as e:
+            print(e)
+    """
+    result = run_without({"onnxruntime"}, code, tmp_path, cache)
+    assert result.returncode == 0, result.stderr
+    assert "pip install onnxruntime" in result.stdout
+
+
+def test_torch_free_modules_do_not_import_torch(tmp_path, exported, cache):
+    code = f"""
+        import sys
+        from distilsent.cli import main
+        main(["predict", "--model", {str(exported)!r}, "great movie"])
+        print("torch" in sys.modules, "transformers" in sys.modules)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, "DISTILSENT_CACHE": str(cache)}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    prediction, loaded = result.stdout.strip().splitlines()
+    assert json.loads(prediction)["label"] in ("NEGATIVE", "POSITIVE")
+    assert loaded == "False False"
