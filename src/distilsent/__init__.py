@@ -9,6 +9,8 @@ from .errors import (
     DistilsentError,
     InputError,
     MissingDependencyError,
+    QueueFullError,
+    ShuttingDownError,
 )
 from .tokenizer import Tokenizer
 
@@ -23,6 +25,8 @@ __all__ = [
     "DistilsentError",
     "InputError",
     "MissingDependencyError",
+    "QueueFullError",
+    "ShuttingDownError",
     "Tokenizer",
     "__version__",
 ]

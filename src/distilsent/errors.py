@@ -27,3 +27,11 @@ class DataError(InputError):
 
 class MissingDependencyError(DistilsentError, ImportError):
     """An optional dependency is needed; the message says what to install."""
+
+
+class QueueFullError(DistilsentError):
+    """The service's batcher holds as many texts as it may; the caller should retry later."""
+
+
+class ShuttingDownError(DistilsentError):
+    """The service's batcher is closing and accepts no new work."""
