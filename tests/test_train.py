@@ -1,0 +1,152 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from distilsent.checkpoint import load_model
+from distilsent.data import Example
+from distilsent.errors import DistilsentError
+from distilsent.train import PRESETS, TrainConfig, epoch_batches, initial_model, learning_rate, train
+import distilsent.train as train_module
+
+POSITIVE = ["good", "great", "fun", "best", "love"]
+NEGATIVE = ["bad", "awful", "boring", "worst", "hate"]
+FILLER = ["the", "film", "movie", "plot", "story", "actors", "was", "very", "a", "it"]
+
+
+def dataset(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.choices(FILLER, k=rng.randrange(1, 12)) + [rng.choice(POSITIVE if label else NEGATIVE)]
+        rng.shuffle(words)
+        examples.append(Example(" ".join(words), label))
+    return examples
+
+
+FAST = TrainConfig(learning_rate=2e-3, batch_size=16, warmup_steps=5, epochs=3, max_length=32,
+                   eval_every=10, save_every=4, seed=7, group_size=4)
+
+
+def fresh(tiny_model_dir):
+    return initial_model(str(tiny_model_dir), ("NEGATIVE", "POSITIVE"), seed=FAST.seed)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_learns_keeps_best_and_writes_metrics(tiny_model_dir, tmp_path):
+    model, tokenizer = fresh(tiny_model_dir)
+    summary = train(model, tokenizer, dataset(320, 0), dataset(100, 1), FAST, tmp_path, progress=False,
+                    card=lambda config, metrics: f"# card\naccuracy {metrics['accuracy']}\n")
+    assert summary["steps"] == 60
+    assert summary["best"]["accuracy"] >= 0.9
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [10, 20, 30, 40, 50, 60]
+    assert json.loads((tmp_path / "metrics.json").read_text())["best"] == summary["best"]
+    best, _ = load_model(tmp_path / "best")
+    assert f"accuracy {summary['best']['accuracy']}" in (tmp_path / "best" / "README.md").read_text()
+    from distilsent import Classifier
+
+    clf = Classifier.load(tmp_path / "best")
+    assert [r["label"] for r in clf(["a great film", "the worst plot"])] == ["POSITIVE", "NEGATIVE"]
+
+
+def test_seeded_runs_are_identical(tiny_model_dir, tmp_path):
+    results = []
+    for run in ("a", "b"):
+        model, tokenizer = fresh(tiny_model_dir)
+        train(model, tokenizer, dataset(96, 0), None, FAST, tmp_path / run, progress=False)
+        results.append(weights(model))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_model_dir, tmp_path, monkeypatch):
+    config = TrainConfig(**{**FAST.__dict__, "ema_decay": 0.9})
+    model, tokenizer = fresh(tiny_model_dir)
+    train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "straight", progress=False)
+    expected = weights(model)
+
+    original = train_module._Progress.update
+
+    def crash_at_step_11(self, step, *args):
+        original(self, step, *args)
+        if step == 11:
+            raise KeyboardInterrupt  # as if the process were killed after step 11 (last save: step 8)
+
+    monkeypatch.setattr(train_module._Progress, "update", crash_at_step_11)
+    model, tokenizer = fresh(tiny_model_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(train_module._Progress, "update", original)
+    model, tokenizer = fresh(tiny_model_dir)  # a new process starts from scratch and finds resume.pt
+    summary = train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "resumed", progress=False)
+    assert summary["steps"] == 18
+    assert all(torch.equal(expected[k], model.state_dict()[k]) for k in expected)
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    resumed = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert resumed[-len(straight) + 2:] == straight[2:]  # evaluations after the restart agree
+
+
+def test_resume_refuses_other_settings(tiny_model_dir, tmp_path):
+    model, tokenizer = fresh(tiny_model_dir)
+    train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
+    with pytest.raises(DistilsentError, match="other settings"):
+        train(model, tokenizer, dataset(32, 0), None, TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-4}),
+              tmp_path, progress=False)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = TrainConfig(learning_rate=1.0, warmup_steps=10)
+    assert learning_rate(0, 110, config) == pytest.approx(0.1)
+    assert learning_rate(9, 110, config) == pytest.approx(1.0)
+    assert learning_rate(60, 110, config) == pytest.approx(0.5)
+    assert learning_rate(110, 110, config) == 0.0
+
+
+def test_length_grouping_cuts_padding_and_covers_every_example():
+    lengths = np.random.default_rng(0).integers(3, 60, size=5000)
+    grouped = epoch_batches(lengths, TrainConfig(batch_size=32), epoch=0)
+    plain = epoch_batches(lengths, TrainConfig(batch_size=32, group_by_length=False), epoch=0)
+    for plan in (grouped, plain):
+        assert sorted(np.concatenate(plan).tolist()) == list(range(5000))
+    padded = lambda plan: sum(len(b) * lengths[b].max() for b in plan)  # noqa: E731
+    assert padded(grouped) < 0.6 * padded(plain)
+    again = epoch_batches(lengths, TrainConfig(batch_size=32), epoch=0)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, again))
+    other = epoch_batches(lengths, TrainConfig(batch_size=32), epoch=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(grouped, other))
+
+
+def test_presets_are_the_published_recipes():
+    assert (PRESETS["sst2"].learning_rate, PRESETS["sst2"].batch_size, PRESETS["sst2"].warmup_steps,
+            PRESETS["sst2"].max_length, PRESETS["sst2"].epochs) == (1e-5, 32, 600, 128, 3)
+    assert (PRESETS["imdb"].learning_rate, PRESETS["imdb"].batch_size, PRESETS["imdb"].warmup_steps,
+            PRESETS["imdb"].epochs, PRESETS["imdb"].seed) == (2e-5, 16, 100, 3, 42)
+
+
+def test_new_labels_get_a_new_head(tiny_model_dir):
+    model, _ = initial_model(str(tiny_model_dir), ("neg", "neu", "pos"))
+    original, _ = load_model(tiny_model_dir)
+    assert model.classifier.weight.shape == (3, 32)
+    assert torch.equal(model.distilbert.embeddings.word_embeddings.weight,
+                       original.distilbert.embeddings.word_embeddings.weight)
+
+
+def test_train_verb(tiny_model_dir, tmp_path, capsys):
+    from distilsent.cli import main
+
+    lines = ["sentence\tlabel"] + [f"{e.text}\t{e.label}" for e in dataset(64, 0)]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    code = main(["train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "train.tsv"), "--out",
+                 str(tmp_path / "run"), "--model", str(tiny_model_dir), "--preset", "sst2", "--lr", "1e-3",
+                 "--epochs", "1", "--quiet"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["best"]["step"] == 2  # 64 examples, batch 32, evaluated at the end of the epoch
+    card = (tmp_path / "run" / "best" / "README.md").read_text()
+    assert '"learning_rate": 0.001' in card and "train.tsv" in card
