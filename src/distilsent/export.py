@@ -129,7 +129,7 @@ def read_tensors(directory: Path, config: DistilBertConfig) -> dict[str, np.ndar
 
 def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray]):
     """The fused float32 ``onnx.ModelProto`` of a DistilBERT classifier (see the module docstring)."""
-    onnx = require_onnx()
+    require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     initializers = []

@@ -221,8 +221,9 @@ def train(
     steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n and "layer_norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n and "layer_norm" not in n)]
+    # Weight decay on matrices only: biases and LayerNorm gains (all 1-D) are left alone, as usual.
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
