@@ -1,0 +1,152 @@
+"""Texts longer than the model's window: which tokens to run, and how to combine per-window results.
+
+Three strategies, chosen per call (``Classifier(..., long_text=...)``):
+
+- ``"truncate"``: the first ``max_length`` tokens (what the Hugging Face pipeline does).
+- ``"head_tail"``: the first ``head`` and the last ``max_length - 2 - head`` tokens of the text, joined;
+  for reviews the verdict is often at the end (Sun et al. 2019, "How to fine-tune BERT for text
+  classification", found 128 + 382 the best single 512-token window on IMDb).
+- ``"window"``: windows of ``max_length`` tokens starting every ``stride`` tokens, the last one aligned
+  to the end of the text, so every token is seen and every window is full; each window is one more
+  sequence for the classifier's batches, and the per-window scores are aggregated per text:
+  ``"mean"`` (weighted by the tokens each window holds) or ``"max"`` (the most confident window).
+
+Everything here works on token id lists that start with ``[CLS]`` and end with ``[SEP]``, as
+``Tokenizer.encode(..., truncation=False)`` returns them, and on numpy score arrays; no model is run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+STRATEGIES = ("truncate", "head_tail", "window")
+AGGREGATIONS = ("mean", "max")
+DEFAULT_HEAD = 128  # head tokens of head_tail at 512 positions; the tail gets the other 382
+
+
+def check_strategy(strategy: str, aggregate: str = "mean") -> None:
+    if strategy not in STRATEGIES:
+        raise InputError(f"long_text must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if aggregate not in AGGREGATIONS:
+        raise InputError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+
+
+def truncate(ids: Sequence[int], max_length: int) -> list[int]:
+    """The first ``max_length`` tokens, still ending with the text's final ``[SEP]``."""
+    if len(ids) <= max_length:
+        return list(ids)
+    return list(ids[: max_length - 1]) + [ids[-1]]
+
+
+def head_tail(ids: Sequence[int], max_length: int, head: int = DEFAULT_HEAD) -> list[int]:
+    """``[CLS]`` + the first ``head`` + the last ``max_length - 2 - head`` content tokens + ``[SEP]``.
+
+    ``head`` is clipped to the room there is, so ``head >= max_length - 2`` is plain truncation and
+    ``head=0`` keeps only the end of the text.
+    """
+    if head < 0:
+        raise InputError(f"head must be zero or more tokens, got {head}")
+    if len(ids) <= max_length:
+        return list(ids)
+    room = max_length - 2
+    head = min(head, room)
+    tail = room - head
+    content = ids[1:-1]
+    return [ids[0], *content[:head], *(content[len(content) - tail:] if tail else []), ids[-1]]
+
+
+def window_starts(content_length: int, width: int, stride: int) -> list[int]:
+    """Start offsets (in content tokens) of windows of ``width`` tokens every ``stride`` tokens; the
+    last window is moved back to end with the text, so no window is short and no token is missed."""
+    if width < 1:
+        raise InputError(f"windows need room for at least one token, got a width of {width}")
+    if not 1 <= stride <= width:
+        # A stride wider than the window would skip the tokens between windows.
+        raise InputError(f"stride must be between 1 and the window's {width} tokens, got {stride}")
+    if content_length <= width:
+        return [0]
+    starts = list(range(0, content_length - width + 1, stride))
+    if starts[-1] + width < content_length:
+        starts.append(content_length - width)
+    return starts
+
+
+def windows(ids: Sequence[int], max_length: int, stride: int) -> list[list[int]]:
+    """Every window of a text: ``[CLS]`` + up to ``max_length - 2`` content tokens + ``[SEP]``.
+
+    A text that fits (including an empty one) is a single window, itself.
+    """
+    width = max_length - 2
+    content = ids[1:-1]
+    return [[ids[0], *content[start:start + width], ids[-1]] for start in window_starts(len(content), width, stride)]
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """The sequences to run for a list of texts, and which text each one belongs to."""
+
+    sequences: list[list[int]]
+    owner: np.ndarray  # (n_sequences,) index of the text each sequence came from
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Windows per text."""
+        return np.bincount(self.owner, minlength=int(self.owner.max()) + 1 if len(self.owner) else 0)
+
+
+def plan(
+    sequences: Sequence[Sequence[int]],
+    strategy: str,
+    max_length: int,
+    *,
+    stride: int | None = None,
+    head: int = DEFAULT_HEAD,
+) -> WindowPlan:
+    """The sequences to run for full-length token ids: one per text, except ``"window"`` which gives
+    as many as each text needs. ``stride`` defaults to half a window."""
+    check_strategy(strategy)
+    if max_length < 3:
+        raise InputError(f"max_length must leave room for [CLS], a token and [SEP], got {max_length}")
+    if strategy == "truncate":
+        return WindowPlan([truncate(s, max_length) for s in sequences], np.arange(len(sequences)))
+    if strategy == "head_tail":
+        return WindowPlan([head_tail(s, max_length, head) for s in sequences], np.arange(len(sequences)))
+    step = stride if stride is not None else (max_length - 2) // 2
+    out: list[list[int]] = []
+    owner: list[int] = []
+    for i, s in enumerate(sequences):
+        parts = windows(s, max_length, step)
+        out.extend(parts)
+        owner.extend([i] * len(parts))
+    return WindowPlan(out, np.asarray(owner, dtype=np.int64))
+
+
+def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: str = "mean") -> np.ndarray:
+    """Per-text scores (n_texts, labels) from per-window ``scores`` (n_sequences, labels).
+
+    ``"mean"``: the average over a text's windows weighted by the tokens each window holds (a short
+    single window still counts fully for its text). ``"max"``: the scores of the window whose top
+    score is highest, i.e. the one the model is most sure about.
+    """
+    check_strategy("window", how)
+    scores = np.asarray(scores)
+    owner = window_plan.owner
+    if len(owner) == n_texts and np.array_equal(owner, np.arange(n_texts)):
+        return scores.copy()
+    out = np.zeros((n_texts, scores.shape[1]), dtype=np.float64)
+    if how == "mean":
+        weights = np.array([len(s) for s in window_plan.sequences], dtype=np.float64)
+        np.add.at(out, owner, scores * weights[:, None])
+        totals = np.bincount(owner, weights=weights, minlength=n_texts)
+        out /= totals[:, None]
+    else:
+        # Sorted by text, then by confidence: each text's most confident window is the last of its run.
+        order = np.lexsort((scores.max(axis=1), owner))
+        best = order[np.cumsum(np.bincount(owner, minlength=n_texts)) - 1]
+        out = scores[best].astype(np.float64)
+    return out.astype(scores.dtype)

@@ -1,0 +1,121 @@
+"""Window planning and aggregation, on hand-made token ids and scores (no model)."""
+
+import numpy as np
+import pytest
+
+from distilsent.errors import InputError
+from distilsent.long_text import aggregate, head_tail, plan, truncate, window_starts, windows
+
+CLS, SEP = 101, 102
+
+
+def text(n: int) -> list[int]:
+    """A text of ``n`` content tokens numbered 0..n-1, with [CLS]/[SEP]."""
+    return [CLS, *range(n), SEP]
+
+
+def content(sequence):
+    assert sequence[0] == CLS and sequence[-1] == SEP
+    return sequence[1:-1]
+
+
+def test_truncate_keeps_the_start_and_the_final_sep():
+    assert truncate(text(20), 10) == [CLS, *range(8), SEP]
+    assert truncate(text(8), 10) == text(8)
+
+
+def test_head_tail_keeps_both_ends():
+    out = head_tail(text(100), 12, head=3)
+    assert len(out) == 12
+    assert content(out) == [0, 1, 2, *range(93, 100)]  # 3 from the start, 10 - 3 = 7 from the end
+    assert head_tail(text(10), 12, head=3) == text(10)  # fits: unchanged
+    assert content(head_tail(text(100), 12, head=0)) == list(range(90, 100))  # only the end
+    assert head_tail(text(100), 12, head=50) == truncate(text(100), 12)  # head clipped to the room
+
+
+def test_windows_overlap_by_width_minus_stride_and_cover_every_token():
+    width, stride = 8, 5
+    parts = windows(text(20), width + 2, stride)
+    starts = [content(w)[0] for w in parts]
+    assert starts == [0, 5, 10, 12]  # the last one moved back to end with the text
+    assert all(len(w) == width + 2 for w in parts)  # no short window
+    assert content(parts[0])[-3:] == content(parts[1])[:3]  # overlap of width - stride = 3 tokens
+    covered = {t for w in parts for t in content(w)}
+    assert covered == set(range(20))
+    assert content(parts[-1])[-1] == 19
+
+
+def test_window_stride_equal_to_width_tiles_without_overlap():
+    assert window_starts(24, 8, 8) == [0, 8, 16]
+    assert window_starts(25, 8, 8) == [0, 8, 16, 17]
+
+
+def test_text_of_exactly_max_length_is_one_window_itself():
+    sequence = text(10)  # 12 tokens with [CLS]/[SEP]
+    assert windows(sequence, 12, 4) == [sequence]
+    assert len(windows(text(11), 12, 4)) == 2  # one token more needs a second window
+
+
+def test_empty_text_is_one_window_with_its_specials():
+    assert windows([CLS, SEP], 12, 4) == [[CLS, SEP]]
+    result = plan([[CLS, SEP], text(30)], "window", 12, stride=10)
+    assert list(result.owner) == [0, 1, 1, 1]
+    assert result.sequences[0] == [CLS, SEP]
+
+
+def test_plan_keeps_one_sequence_per_text_except_for_windows():
+    texts = [text(3), text(30), text(9)]
+    for strategy in ("truncate", "head_tail"):
+        result = plan(texts, strategy, 12)
+        assert list(result.owner) == [0, 1, 2]
+        assert all(len(s) <= 12 for s in result.sequences)
+    result = plan(texts, "window", 12)  # default stride: half a window (5)
+    assert list(result.owner) == [0, 1, 1, 1, 1, 1, 2]
+    assert [content(s)[0] for s in result.sequences[1:6]] == [0, 5, 10, 15, 20]
+
+
+def test_bad_strategy_and_stride_are_input_errors():
+    with pytest.raises(InputError, match="long_text"):
+        plan([text(3)], "middle", 12)
+    with pytest.raises(InputError, match="stride"):
+        plan([text(30)], "window", 12, stride=0)
+    with pytest.raises(InputError, match="stride"):
+        plan([text(30)], "window", 12, stride=11)  # would skip a token between windows
+    with pytest.raises(InputError, match="aggregate"):
+        aggregate(np.zeros((1, 2)), plan([text(3)], "window", 12), 1, "median")
+
+
+def test_mean_is_weighted_by_window_tokens():
+    # Text 0: windows of 12 and 12 tokens; text 1: one window of 4 tokens; text 2: 12 and (forced) 12.
+    result = plan([text(15), text(2), text(12)], "window", 12, stride=10)
+    assert list(result.owner) == [0, 0, 1, 2, 2]
+    scores = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.0, 1.0]])
+    out = aggregate(scores, result, 3, "mean")
+    np.testing.assert_allclose(out[0], [0.6, 0.4])
+    np.testing.assert_allclose(out[1], [0.2, 0.8])
+    np.testing.assert_allclose(out[2], [0.3, 0.7])
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+
+
+def test_mean_weights_by_length_when_windows_differ_in_size():
+    from distilsent.long_text import WindowPlan
+
+    window_plan = WindowPlan([[CLS, 1, 2, SEP], [CLS, *range(10), SEP]], np.array([0, 0]))
+    scores = np.array([[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(aggregate(scores, window_plan, 1, "mean"), [[4 / 16, 12 / 16]])
+
+
+def test_max_takes_the_most_confident_window_whole():
+    result = plan([text(15), text(2), text(25)], "window", 12, stride=10)
+    owner = list(result.owner)
+    assert owner == [0, 0, 1, 2, 2, 2]
+    scores = np.array([[0.55, 0.45], [0.1, 0.9], [0.6, 0.4], [0.7, 0.3], [0.95, 0.05], [0.2, 0.8]])
+    out = aggregate(scores, result, 3, "max")
+    np.testing.assert_array_equal(out, scores[[1, 2, 4]])
+
+
+def test_one_window_per_text_passes_scores_through():
+    scores = np.array([[0.1, 0.9], [0.8, 0.2]], dtype=np.float32)
+    out = aggregate(scores, plan([text(3), text(4)], "truncate", 12), 2, "max")
+    np.testing.assert_array_equal(out, scores)
+    assert out.dtype == np.float32
