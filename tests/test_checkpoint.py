@@ -1,13 +1,16 @@
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from distilsent.checkpoint import load_model, resolve, save_model
-from distilsent.errors import CheckpointError
+from distilsent.checkpoint import default_model_dir, load_model, resolve, save_model
+from distilsent.errors import CheckpointError, ConfigError
 
 transformers = pytest.importorskip("transformers")
 
@@ -72,7 +75,7 @@ def test_missing_directory_and_files(tmp_path, copy):
 
 def test_missing_config(copy):
     (copy / "config.json").unlink()
-    with pytest.raises(Exception, match="config.json does not exist"):
+    with pytest.raises(ConfigError, match=f"config: {re.escape(str(copy / 'config.json'))} does not exist"):
         load_model(copy)
 
 
@@ -111,18 +114,63 @@ def test_pickle_that_is_not_weights_only_is_refused(copy):
         load_model(copy)
 
 
-def test_hub_id_from_the_offline_cache(tiny_model_dir, tmp_path):
-    """A Hub id resolves from huggingface_hub's cache with no network (HF_HUB_OFFLINE=1)."""
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_weights_follow_the_umask(tiny_model_dir, tmp_path, umask, mode):
+    model, tokenizer = load_model(tiny_model_dir)
+    previous = os.umask(umask)
+    try:
+        save_model(model, tokenizer, tmp_path)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == mode
+
+
+def test_default_is_the_embedded_model_everywhere():
+    if not (default_model_dir() / "config.json").is_file():
+        pytest.skip("the default model is not built")
+    assert resolve("default") == resolve(None) == default_model_dir()
+    from distilsent import Classifier
+
+    assert Classifier.load("default").config == Classifier.load().config
+
+
+def hub_cache(tiny_model_dir, tmp_path) -> Path:
+    """A Hugging Face cache holding ``someone/tiny-sentiment``, laid out as huggingface_hub writes it."""
     snapshot = tmp_path / "hub" / "models--someone--tiny-sentiment" / "snapshots" / ("a" * 40)
     shutil.copytree(tiny_model_dir, snapshot)
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("a" * 40)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = "from distilsent import Classifier; print(Classifier.load('someone/tiny-sentiment')('great film')[0]['label'])"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() in ("NEGATIVE", "POSITIVE")
-    code = "from distilsent import Classifier; Classifier.load('someone/not-cached')"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode != 0
-    assert "someone/not-cached is not a local directory and could not be loaded from the Hub or its cache" in done.stderr
+    return tmp_path / "hub"
+
+
+# Without the look into the cache first and the quick probe of the Hub, huggingface_hub retries an
+# unreachable endpoint for about 24 s before giving up; these runs are bounded well below that.
+BOUND_SECONDS = 15
+# A port nobody listens on: connections are refused at once, as on a machine without network.
+UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize("network", [{"HF_HUB_OFFLINE": "1"}, UNREACHABLE], ids=["offline", "unreachable"])
+def test_names_resolve_from_the_cache_or_fail_fast_without_network(tiny_model_dir, tmp_path, network):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    env.update(HF_HUB_CACHE=str(hub_cache(tiny_model_dir, tmp_path)), **network)
+    predict = [sys.executable, "-m", "distilsent", "predict", "--model"]
+
+    def run(*argv):
+        return subprocess.run([*predict, *argv], env=env, capture_output=True, text=True, timeout=BOUND_SECONDS)
+
+    cached = run("someone/tiny-sentiment", "great film")
+    assert cached.returncode == 0, cached.stderr
+    assert json.loads(cached.stdout)["label"] in ("NEGATIVE", "POSITIVE")
+    if (default_model_dir() / "config.json").is_file():
+        default = run("default", "great film")
+        assert default.returncode == 0, default.stderr
+        assert json.loads(default.stdout)["label"] == "POSITIVE"
+    missing = run("someone/not-cached", "x")
+    assert missing.returncode == 1
+    why = "HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in network else "http://127.0.0.1:9 cannot be reached"
+    assert missing.stderr.startswith(
+        f"distilsent: error: someone/not-cached is not a local directory nor in the Hugging Face cache, and {why}"
+    )
+    assert missing.stderr.count("\n") == 1

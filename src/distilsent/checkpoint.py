@@ -2,8 +2,9 @@
 
 A checkpoint is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, read only through
 ``torch.load(weights_only=True)``) + ``tokenizer.json``/``vocab.txt`` (+ ``tokenizer_config.json``) +
-``README.md``. A Hub id is fetched with ``huggingface_hub``, which falls back on its local cache when offline.
-Finding and reading the directory needs no torch; building a torch model does.
+``README.md``. ``"default"`` (or ``None``) is the embedded default model. Any other name that is not a local
+directory is a Hub id: looked up in the local Hugging Face cache first, downloaded only when it is not there
+and the Hub answers. Finding and reading the directory needs no torch; building a torch model does.
 """
 
 from __future__ import annotations
@@ -34,9 +35,18 @@ def default_model_dir() -> Path:
     return Path(__file__).parent / "default_model"
 
 
+DEFAULT_NAME = "default"  # the embedded model, in every verb and in Classifier.load
+# A quick look at the Hub before downloading: huggingface_hub retries a refused or unresolvable connection
+# for about 24 s, so without this an offline user waits that long for an error.
+HUB_PROBE_SECONDS = 5.0
+
+
 def resolve(path_or_id: str | os.PathLike | None) -> Path:
-    """A local checkpoint directory for a path, a Hub id, or ``None`` (the embedded default model)."""
-    if path_or_id is None:
+    """A local checkpoint directory for a path, a Hub id, or ``None``/``"default"`` (the embedded default model).
+
+    ``"default"`` always means the embedded model; a local directory of that name is ``./default``.
+    """
+    if path_or_id is None or str(path_or_id) == DEFAULT_NAME:
         directory = default_model_dir()
         if not (directory / CONFIG_NAME).is_file():
             raise CheckpointError(
@@ -52,7 +62,38 @@ def resolve(path_or_id: str | os.PathLike | None) -> Path:
     text = str(path_or_id)
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
         raise CheckpointError(f"checkpoint directory {text} does not exist")
-    return _download(text)
+    return _from_hub_cache(text) or _download(text)
+
+
+def _from_hub_cache(repo_id: str) -> Path | None:
+    """The snapshot directory of ``repo_id`` in the local Hugging Face cache when it holds a config and
+    weights; no network."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    config = try_to_load_from_cache(repo_id, CONFIG_NAME)
+    if not isinstance(config, str):  # None (never fetched) or the marker of a file known to be absent
+        return None
+    for name in (SAFETENSORS_NAME, PICKLE_NAME):
+        if isinstance(try_to_load_from_cache(repo_id, name), str):
+            return Path(config).parent
+    return None
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached right now (offline mode, no route, refused), or ``None``."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as e:  # the hub's HTTP client (httpx or requests, by version) and its own error classes
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        return f"{constants.ENDPOINT} cannot be reached ({type(e).__name__}: {first_line})"
+    return None
 
 
 def _download(repo_id: str) -> Path:
@@ -63,6 +104,11 @@ def _download(repo_id: str) -> Path:
         raise CheckpointError(
             f"{repo_id} is not a local directory, and loading from the Hub needs huggingface_hub"
         ) from None
+    reason = _hub_unreachable()
+    if reason is not None:
+        raise CheckpointError(
+            f"{repo_id} is not a local directory nor in the Hugging Face cache, and {reason}"
+        )
     try:
         config_path = Path(hf_hub_download(repo_id, CONFIG_NAME))
         for name in (SAFETENSORS_NAME, PICKLE_NAME):
@@ -76,7 +122,7 @@ def _download(repo_id: str) -> Path:
                 hf_hub_download(repo_id, name)
             except EntryNotFoundError:
                 continue
-    except Exception as e:  # offline without a cached copy, unknown repository, network errors
+    except Exception as e:  # unknown repository, gated model, network errors after the probe
         raise CheckpointError(
             f"{repo_id} is not a local directory and could not be loaded from the Hub or its cache "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
@@ -160,6 +206,12 @@ def load_model(path_or_id: str | os.PathLike | None) -> tuple["DistilBertForSequ
     return load_weights(directory, config), load_tokenizer(directory, config)
 
 
+def _umask() -> int:
+    current = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(current)
+    return current
+
+
 def save_model(
     model: "DistilBertForSequenceClassification",
     tokenizer: Tokenizer,
@@ -180,6 +232,9 @@ def save_model(
         for name, tensor in model.state_dict().items()
     }
     save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600); give the weights the mode every
+    # other file of the directory gets from the umask (0644 by default), so that others can read the model.
+    (directory / SAFETENSORS_NAME).chmod(0o666 & ~_umask())
     model.config.to_json(directory / CONFIG_NAME)
     tokenizer.save(directory)
     if card is not None:
