@@ -100,6 +100,13 @@ def _labels(value: str) -> tuple[str, ...]:
     return labels
 
 
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {value!r}")
+    return names
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -112,7 +119,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
         "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
         "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
-        "weight_decay": args.weight_decay,
+        "weight_decay": args.weight_decay, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+        "lora_targets": args.lora_targets,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels}
@@ -192,7 +200,8 @@ EXAMPLES = {
     "train": """examples:
   distilsent train train.tsv --dev dev.tsv --out runs/sst2 --preset sst2 --lr 5e-5
   distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
-  cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body""",
+  cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body
+  distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4""",
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
   distilsent eval runs/sst2/best dev.csv --json --plots plots/""",
@@ -208,6 +217,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .backends import BACKENDS
 
     parser = argparse.ArgumentParser(
         prog="distilsent",
@@ -225,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("predict", "classify texts given as arguments, or one per line on stdin; JSON lines out")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx",
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx",
                    help="onnx (ONNX Runtime, no torch needed) or torch (the PyTorch reference); default: onnx")
     p.add_argument("--top-k", type=_top_k, default=False, metavar="K|all",
                    help="print the K best labels (or all) as a list per text")
@@ -256,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
     p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
+    p.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
+                   help="train rank-R LoRA adapters and the head instead of every weight; merged on save")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 * rank)")
+    p.add_argument("--lora-targets", type=_names, default=None, metavar="NAMES",
+                   help="comma-separated layers to adapt (default: q_lin,k_lin,v_lin,out_lin,lin1,lin2)")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(run=cmd_train)
@@ -264,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, Hub id, or 'default'")
     p.add_argument("file", metavar="FILE")
     data_columns(p)
-    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (default: onnx)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")

@@ -40,6 +40,10 @@ class TrainConfig:
     group_size: int = 64  # batches per shuffled chunk that is sorted by length before cutting batches
     ema_decay: float = 0.0  # 0 disables the weight average; e.g. 0.999
     threads: int | None = None
+    # LoRA (see lora.py): 0 trains every weight; R > 0 trains rank-R adapters and the head, merged on save.
+    lora_rank: int = 0
+    lora_alpha: float | None = None  # None: 2 * lora_rank
+    lora_targets: tuple[str, ...] = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "max_length", "group_size", "save_every"):
@@ -211,6 +215,11 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
+    if config.lora_rank:
+        from .lora import add_lora
+
+        add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
+    from .lora import merged_copy, trainable_parameters
 
     sequences = tokenizer.encode([e.text for e in train_examples], config.max_length)
     lengths = np.array([len(s) for s in sequences])
@@ -280,7 +289,8 @@ def train(
             bar.write(f"step {step} {kind}: dev accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f}")
             if best is None or result["accuracy"] > best["accuracy"]:
                 best = record
-                save_model(model, tokenizer, out / "best", card=card(model.config, record) if card else None)
+                save_model(merged_copy(model), tokenizer, out / "best",
+                           card=card(model.config, record) if card else None)
             if weights is not None:
                 with torch.no_grad():
                     for p, s in zip(model.parameters(), saved):
@@ -326,13 +336,14 @@ def train(
         bar.close()
     seconds = time.perf_counter() - started
     if not dev_examples:
-        save_model(model, tokenizer, out / "best", card=card(model.config, None) if card else None)
+        save_model(merged_copy(model), tokenizer, out / "best", card=card(model.config, None) if card else None)
     summary = {
         "train_config": dataclasses.asdict(config),
         "train_examples": len(sequences),
         "steps": step,
         "seconds_this_run": seconds,
         "examples_per_second": trained_examples / seconds if seconds > 0 else None,
+        "trainable_parameters": trainable_parameters(model),
         "best": best,
         "history": history,
     }

@@ -1,0 +1,118 @@
+"""LoRA: low-rank adapters on the encoder's linear layers, trained with the head, merged into a plain checkpoint.
+
+Each chosen ``nn.Linear`` (out x in) keeps its weight W frozen and gains ``lora_A`` (r x in) and ``lora_B``
+(out x r); it computes ``W x + b + (alpha / r) B A x``. ``B`` starts at zero, so training starts from the
+base model exactly. The classification head (``pre_classifier`` and ``classifier``) is trained in full, as
+a new task needs a new head. Merging folds ``(alpha / r) B A`` into W and puts the original ``nn.Linear``
+modules back, so a merged model has the parameter names of the base and saves as an ordinary checkpoint.
+
+Our own ~100 lines rather than ``peft``: peft depends on (and imports) ``transformers``, which the library
+never imports, and it wraps the model in its own class; what our plain-PyTorch model needs is only this.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+# The projections of every transformer block: attention query/key/value/output and the two FFN layers.
+TARGETS = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
+HEAD = ("pre_classifier", "classifier")
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable rank-``rank`` update scaled by ``alpha / rank``."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        base.weight.requires_grad_(False)
+        base.bias.requires_grad_(False)
+        self.rank = rank
+        self.scaling = alpha / rank
+        # The initialisation of the LoRA paper and peft: A as nn.Linear's default, B zero (no change at step 0).
+        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., out), through the rank-r bottleneck
+        return self.base(x) + self.scaling * update
+
+    def delta(self) -> torch.Tensor:
+        return self.scaling * (self.lora_B @ self.lora_A)  # (out, in)
+
+    def merged(self) -> nn.Linear:
+        """The base layer with the update folded into its weight."""
+        linear = nn.Linear(self.base.in_features, self.base.out_features)
+        with torch.no_grad():
+            linear.weight.copy_(self.base.weight + self.delta())
+            linear.bias.copy_(self.base.bias)
+        return linear
+
+
+def _check(rank: int, targets: Sequence[str]) -> None:
+    if rank < 1:
+        raise InputError(f"the LoRA rank must be a positive integer, got {rank}")
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        raise InputError(f"LoRA targets must be among {', '.join(TARGETS)}; got {', '.join(targets) or 'none'}")
+
+
+def add_lora(
+    model, rank: int, alpha: float | None = None, targets: Sequence[str] = TARGETS, dropout: float = 0.0
+) -> int:
+    """Freeze ``model`` (a ``DistilBertForSequenceClassification``), wrap the ``targets`` of every block in
+    :class:`LoRALinear` and make the head trainable, in place. ``alpha`` defaults to ``2 * rank``.
+    Returns the number of trainable parameters."""
+    targets = tuple(targets)
+    _check(rank, targets)
+    alpha = float(2 * rank if alpha is None else alpha)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for block in model.distilbert.transformer.layer:
+        for parent in (block.attention, block.ffn):
+            for name in targets:
+                layer = getattr(parent, name, None)
+                if isinstance(layer, nn.Linear):
+                    setattr(parent, name, LoRALinear(layer, rank, alpha, dropout))
+    for name in HEAD:
+        getattr(model, name).requires_grad_(True)
+    return trainable_parameters(model)
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def merge_lora(model):
+    """Fold every adapter into its layer and restore plain ``nn.Linear`` modules, in place; every parameter
+    is trainable again. A model without adapters is returned unchanged."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, name, child.merged())
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return model
+
+
+def has_lora(model) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def merged_copy(model):
+    """A merged copy to save while training continues on the adapters; ``model`` itself when it has none."""
+    if not has_lora(model):
+        return model
+    return merge_lora(copy.deepcopy(model))
+
+
+__all__ = ["TARGETS", "LoRALinear", "add_lora", "has_lora", "merge_lora", "merged_copy", "trainable_parameters"]
