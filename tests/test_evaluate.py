@@ -58,8 +58,52 @@ def test_table_and_plots(tmp_path):
     table = format_table(result)
     assert "accuracy     0.7500" in table and "POSITIVE" in table
     paths = plot(result, tmp_path / "plots")
-    assert [p.name for p in paths] == ["confusion_matrix.png", "reliability.png"]
+    assert [p.name for p in paths] == ["confusion_matrix.png", "reliability.png", "risk_coverage.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_nll_and_brier_by_hand():
+    labels = np.array([1, 0])
+    result = metrics(labels, probs([0.8, 0.4]), NAMES)  # p(true) = 0.8 and 0.6
+    assert result["nll"] == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+    assert result["brier"] == pytest.approx((2 * 0.2**2 + 2 * 0.4**2) / 2)
+    certain_mistake = metrics(np.array([1]), probs([0.0]), NAMES)
+    assert np.isfinite(certain_mistake["nll"]) and certain_mistake["brier"] == pytest.approx(2.0)
+
+
+def test_risk_coverage_answers_only_confident_texts():
+    labels = np.array([1, 1, 0, 0])
+    # confidences 0.95 (right), 0.75 (right), 0.6 (wrong), 0.55 (right)
+    result = metrics(labels, probs([0.95, 0.75, 0.6, 0.45]), NAMES)
+    points = {p["threshold"]: p for p in result["risk_coverage"]}
+    assert min(points) == 0.5 and max(points) == 0.99
+    assert points[0.5]["coverage"] == 1.0 and points[0.5]["accuracy"] == 0.75
+    assert points[0.6]["coverage"] == 0.75 and points[0.6]["accuracy"] == pytest.approx(2 / 3)
+    assert points[0.7]["coverage"] == 0.5 and points[0.7]["accuracy"] == 1.0
+    assert points[0.99]["coverage"] == 0.0 and points[0.99]["accuracy"] is None
+
+
+def test_reliability_diagram_plots_confidence_against_accuracy(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    drawn = {}
+    for method in ("bar", "scatter", "set_xlim"):
+        original = getattr(Axes, method)
+
+        def record(self, *args, _original=original, _method=method, **kwargs):
+            drawn.setdefault(_method, []).append(args)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Axes, method, record)
+    labels = np.array([1, 1, 1, 1, 0])
+    result = metrics(labels, probs([0.98, 0.97, 0.99, 0.63, 0.61]), NAMES)  # (0.93, 1]: 3/3 right; (0.6, 0.67]: 1/2
+    plot(result, tmp_path)
+    _, accuracy = drawn["bar"][0]  # the reliability bars (the confusion matrix is an image)
+    _, confidence = drawn["scatter"][0]
+    assert list(accuracy) == [0.5, 1.0]
+    assert list(confidence) == pytest.approx([0.62, 0.98])
+    assert (7 / 15, 1) in drawn["set_xlim"]  # no empty 0-0.5 half for two labels
 
 
 def test_eval_verb(tiny_model_dir, tmp_path, capsys):

@@ -1,7 +1,8 @@
-"""Evaluation: accuracy, precision, recall, F1, confusion matrix, calibration error, length buckets.
+"""Evaluation: accuracy, precision, recall, F1, confusion matrix, calibration (ECE, NLL, Brier), length buckets.
 
 ``metrics`` is pure numpy over labels and probabilities; ``evaluate`` runs a classifier over examples
-and adds its speed. ``plot`` draws a confusion matrix and a reliability diagram (matplotlib extra).
+and adds its speed. ``plot`` draws a confusion matrix, a reliability diagram and a risk-coverage curve
+(matplotlib extra).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingDependencyError
+from .progress import Progress
 
 ECE_BINS = 15
 LENGTH_BUCKETS = (16, 32, 64, 128, 256)  # upper bounds in tokens; the last bucket is open
@@ -37,6 +39,35 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = EC
             "accuracy": float(correct[inside].mean()) if count else None,
         })
     return out
+
+
+def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean ``-log p(true label)``; probabilities are floored at 1e-15 so one certain mistake stays finite."""
+    return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-15)).mean()) if len(labels) else 0.0
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Brier's original score: squared error of the probability vector against the one-hot label, summed
+    over labels and averaged over examples (0 is perfect; for two labels it is twice the ``(p - y)^2`` form)."""
+    if not len(labels):
+        return 0.0
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray, floor: float) -> list[dict]:
+    """Accuracy on the texts answered, and their share, when texts below a confidence threshold abstain
+    (``neutral_below``): one point per threshold from ``floor`` (1 / labels, where nothing abstains) to 0.99."""
+    points = []
+    for threshold in np.round(np.arange(np.floor(floor * 100) / 100, 1.0, 0.01), 2):
+        answered = confidence >= threshold
+        count = int(answered.sum())
+        points.append({
+            "threshold": float(threshold),
+            "coverage": count / len(confidence) if len(confidence) else 0.0,
+            "accuracy": float(correct[answered].mean()) if count else None,
+        })
+    return points
 
 
 def _prf(confusion: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -79,7 +110,10 @@ def metrics(
         "labels": list(names),
         "confusion_matrix": confusion.tolist(),
         "ece": float(ece),
+        "nll": negative_log_likelihood(labels, probs),
+        "brier": brier_score(labels, probs),
         "calibration": bins,
+        "risk_coverage": risk_coverage(confidence, correct, 1 / n_labels),
     }
     if lengths is not None:
         lengths = np.asarray(lengths)
@@ -99,14 +133,22 @@ def metrics(
     return result
 
 
-def evaluate(classifier, examples, *, batch_size: int | None = None) -> dict:
-    """Run ``classifier`` over labelled ``examples`` and measure it (softmax probabilities)."""
+def evaluate(classifier, examples, *, batch_size: int | None = None, progress: bool = False) -> dict:
+    """Run ``classifier`` over labelled ``examples`` and measure it (softmax probabilities).
+
+    ``progress`` shows the texts done on stderr (see :mod:`distilsent.progress`).
+    """
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
     start = time.perf_counter()
-    logits = classifier.logits(texts, batch_size=batch_size)
+    sequences = classifier.encode(texts)
+    lengths = [len(ids) for ids in sequences]
+    logits = np.empty((len(texts), classifier.config.num_labels), dtype=np.float32)
+    with Progress(len(texts), desc="eval", unit="text", enabled=progress) as bar:
+        for batch in classifier.plan(lengths, batch_size=batch_size):
+            logits[batch] = classifier.run_batch([sequences[i] for i in batch])
+            bar.update(len(batch))
     seconds = time.perf_counter() - start
-    lengths = [len(ids) for ids in classifier.tokenizer.encode(texts, classifier.max_length)]
     result = metrics(labels, classifier.scores(logits, "softmax"), classifier.labels, lengths)
     result["seconds"] = seconds
     result["examples_per_second"] = len(texts) / seconds if seconds > 0 else float("inf")
@@ -123,6 +165,8 @@ def format_table(result: dict) -> str:
         f"f1           {result['f1']:.4f}",
         f"macro f1     {result['macro_f1']:.4f}",
         f"ECE (15 bins) {result['ece']:.4f}",
+        f"NLL          {result['nll']:.4f}",
+        f"Brier        {result['brier']:.4f}",
     ]
     if "examples_per_second" in result:
         lines.append(f"examples/s   {result['examples_per_second']:.1f}")
@@ -140,8 +184,9 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, directory: str | Path) -> list[Path]:
-    """Write ``confusion_matrix.png`` and ``reliability.png``; returns their paths."""
+def pyplot():
+    """matplotlib's pyplot drawing to files; callers that plot after long work ask for it first, so that a
+    missing matplotlib is reported before the work rather than after it."""
     try:
         import matplotlib
 
@@ -149,6 +194,12 @@ def plot(result: dict, directory: str | Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError("plots need matplotlib: pip install 'distilsent[train]'") from None
+    return plt
+
+
+def plot(result: dict, directory: str | Path) -> list[Path]:
+    """Write ``confusion_matrix.png``, ``reliability.png`` and ``risk_coverage.png``; returns their paths."""
+    plt = pyplot()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     names = result["labels"]
@@ -169,21 +220,44 @@ def plot(result: dict, directory: str | Path) -> list[Path]:
     fig.savefig(confusion_path, dpi=120)
     plt.close(fig)
 
+    # The confidence of the predicted label is never below 1 / labels (0.5 for two), so the axis starts at
+    # the bin edge below that instead of leaving that part of the plot empty.
+    floor = np.floor(ECE_BINS / len(names)) / ECE_BINS
     bins = [b for b in result["calibration"] if b["count"]]
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.bar([(b["low"] + b["high"]) / 2 for b in bins], [b["accuracy"] for b in bins],
-           width=1 / ECE_BINS, edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color="C1",
-            label="mean confidence")
-    ax.set_xlim(0, 1)
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([floor, 1], [floor, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.bar(centres, [b["accuracy"] for b in bins], width=1 / ECE_BINS, edgecolor="black", alpha=0.7,
+           label="accuracy in the bin")
+    ax.scatter(centres, [b["confidence"] for b in bins], marker="D", color="C3", zorder=3,
+               label="mean confidence in the bin")
+    ax.set_xlim(floor, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {result['ece']:.4f})")
     ax.legend(loc="upper left", fontsize=8)
+    counts.bar(centres, [b["count"] / result["examples"] for b in bins], width=1 / ECE_BINS, edgecolor="black",
+               color="grey")
+    counts.set_xlabel("confidence of the predicted label")
+    counts.set_ylabel("share of texts")
     fig.tight_layout()
     reliability_path = directory / "reliability.png"
     fig.savefig(reliability_path, dpi=120)
     plt.close(fig)
-    return [confusion_path, reliability_path]
+
+    points = [p for p in result["risk_coverage"] if p["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([p["coverage"] for p in points], [p["accuracy"] for p in points], marker=".", color="C0")
+    for p in points:
+        if round(p["threshold"] * 100) % 10 == 0:  # label every 0.1 of threshold
+            ax.annotate(f"{p['threshold']:.1f}", (p["coverage"], p["accuracy"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.set_xlabel("coverage (share of texts answered)")
+    ax.set_ylabel("accuracy on the texts answered")
+    ax.set_title("risk-coverage (labels: neutral_below)")
+    fig.tight_layout()
+    risk_path = directory / "risk_coverage.png"
+    fig.savefig(risk_path, dpi=120)
+    plt.close(fig)
+    return [confusion_path, reliability_path, risk_path]
