@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.parity_data:
         from .data import read_examples
 
-        examples = read_examples(args.parity_data)
+        examples = read_examples(args.parity_data, fmt=args.format)
         texts, labels = [e.text for e in examples], [e.label for e in examples]
     model = None if args.model == "default" else args.model
     result = export(model, args.out_dir, int8=args.int8, texts=texts, labels=labels)
@@ -119,11 +120,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
         "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
         "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
-        "weight_decay": args.weight_decay, "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
+        "weight_decay": args.weight_decay, "max_steps": args.max_steps,
+        "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
         "lora_targets": args.lora_targets,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels}
+    columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels,
+               "fmt": args.format}
     train_examples = read_examples(args.train_file, **columns)
     dev_examples = read_examples(args.dev, **columns) if args.dev else None
     model, tokenizer = initial_model(args.model, args.labels, config.seed)
@@ -143,13 +146,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from .classifier import Classifier
     from .data import read_examples
-    from .evaluate import evaluate, format_table, plot
+    from .evaluate import evaluate, format_table, plot, pyplot
 
-    clf = Classifier.load(None if args.model == "default" else args.model, backend=args.backend,
-                          threads=args.threads, batch_size=args.batch_size)
+    if args.plots:
+        pyplot()  # a missing matplotlib is reported now, not after the whole evaluation
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, batch_size=args.batch_size)
     examples = read_examples(args.file, text_column=args.text_column, label_column=args.label_column,
-                             labels=clf.labels)
-    result = evaluate(clf, examples)
+                             labels=clf.labels, fmt=args.format)
+    result = evaluate(clf, examples, progress=not args.quiet)
     if args.plots:
         result["plots"] = [str(p) for p in plot(result, args.plots)]
     if args.output:
@@ -188,7 +192,69 @@ def cmd_serve(args: argparse.Namespace) -> None:
           shutdown_timeout=args.shutdown_timeout)
 
 
+def cmd_bias_probe(args: argparse.Namespace) -> None:
+    from .classifier import Classifier
+    from .probe import BUILTIN, Probe, builtin_probe, read_templates, read_terms, run_probe, summary_markdown, \
+        update_card, write_report
+
+    if args.templates or args.terms:
+        country = builtin_probe("country")
+        probes = [Probe("custom", read_templates(args.templates) if args.templates else country.templates,
+                        read_terms(args.terms) if args.terms else country.terms)]
+    else:
+        probes = [builtin_probe(name) for name in (BUILTIN if args.probe == "all" else [args.probe])]
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads)
+    summaries = []
+    for probe in probes:
+        result = run_probe(clf, probe, positive_label=args.label)
+        written = write_report(result, args.out, plots=not args.no_plots)
+        summary = result.summary()
+        summaries.append(summary)
+        print(json.dumps({"probe": probe.name, "spread": summary["spread"], "std": summary["std"],
+                          "most_favoured": summary["most_favoured"], "least_favoured": summary["least_favoured"],
+                          "files": {k: str(v) for k, v in written.items()}}, ensure_ascii=False))
+    markdown = summary_markdown(summaries)
+    (Path(args.out) / "summary.md").write_text(markdown, encoding="utf-8")
+    if args.update_card:
+        from .checkpoint import resolve
+
+        print(json.dumps({"card": str(update_card(resolve(args.model), markdown))}))
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from .explain import explain
+
+    text = " ".join(args.text) if args.text else sys.stdin.read()
+    result = explain(text, args.model, method=args.method, threads=args.threads, steps=args.steps)
+    if args.html:
+        Path(args.html).write_text(result.html(), encoding="utf-8")
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(result.terminal(colour=sys.stdout.isatty()))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from .bulk import score_file
+
+    ray_options = {"address": args.address, "actors": args.actors, "shards": args.shards}
+    summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
+                         resume=args.resume, progress=not args.quiet, ray_options=ray_options,
+                         text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
+                         prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size)
+    # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
+    print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
+
+
 EXAMPLES = {
+    "bias-probe": """examples:
+  distilsent bias-probe --out probe/                       # countries and first names, CSV + summary + plots
+  distilsent bias-probe --probe country --out probe/ --update-card --model ./my-model
+  distilsent bias-probe --templates templates.txt --terms terms.txt --out probe/   # {term} in each template""",
+    "explain": """examples:
+  distilsent explain "the plot is thin, but the music is gorgeous"
+  distilsent explain "a gripping, beautiful film" --method ig --html explain.html   # needs torch
+  echo "not bad at all" | distilsent explain --json""",
     "export": """examples:
   distilsent export default ./onnx-default --parity-data ../shared/data/sst2/dev.tsv
   distilsent export ./my-model ./my-model-int8 --int8 && distilsent predict --model ./my-model-int8 "great movie"
@@ -208,6 +274,11 @@ EXAMPLES = {
     "convert": """examples:
   distilsent convert ./all-MiniLM-L6-v2 ./minilm-distilbert
   distilsent convert ./bert-base-uncased ./bert-as-distilbert --labels neg,neu,pos""",
+    "score": """examples:
+  distilsent score tickets.csv scored.csv --text-column body --on-error mark
+  distilsent score reviews.parquet scored.parquet --all-scores --resume
+  cat reviews.jsonl | distilsent score - - > scored.jsonl
+  distilsent score s3://bucket/reviews.parquet s3://bucket/scored --engine ray --address auto --shards""",
     "serve": """examples:
   distilsent serve --port 8000
   curl -s localhost:8000/ -d '{"inputs": "a gripping, beautiful film", "parameters": {"top_k": null}}'
@@ -217,6 +288,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .data import FORMATS
     from .backends import BACKENDS
 
     parser = argparse.ArgumentParser(
@@ -231,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
         return verbs.add_parser(
             name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
         )
+
+    def data_format(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=FORMATS, default=None,
+                       help="format of the data files (default: from the extension; - on stdin is jsonl)")
+
+    def quiet(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     p = verb("predict", "classify texts given as arguments, or one per line on stdin; JSON lines out")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
@@ -247,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     def data_columns(p: argparse.ArgumentParser) -> None:
         p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
         p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
+        data_format(p)
 
     p = verb("train", "fine-tune on a labelled CSV/TSV/JSONL/Parquet file (- reads JSONL from stdin)")
     p.add_argument("train_file", metavar="TRAIN_FILE")
@@ -260,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS",
+                   help="stop after this many optimizer steps (default: every epoch); a warm-up that is not "
+                        "shorter than the run is cut to 10%% of it")
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--max-length", type=_positive_int, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
@@ -272,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-targets", type=_names, default=None, metavar="NAMES",
                    help="comma-separated layers to adapt (default: q_lin,k_lin,v_lin,out_lin,lin1,lin2)")
     p.add_argument("--threads", type=_positive_int, default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    quiet(p)
     p.set_defaults(run=cmd_train)
 
     p = verb("eval", "accuracy, precision, recall, F1, confusion matrix and calibration on a labelled file")
@@ -285,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--plots", default=None, metavar="DIR", help="write confusion-matrix and reliability PNGs")
+    quiet(p)
     p.set_defaults(run=cmd_eval)
 
     p = verb("convert", "turn a BERT checkpoint into a DistilBERT-layout classifier (exact encoder)")
@@ -302,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parity-data", metavar="FILE", default=None,
                    help="labelled file (TSV/CSV/JSONL/Parquet) to compare the export with the PyTorch model on: "
                         "max |logit difference|, label agreement, accuracy (default: a dozen built-in sentences)")
+    data_format(p)
     p.set_defaults(run=cmd_export)
 
     p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")
@@ -328,7 +413,70 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to finish in-flight requests after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=cmd_serve)
+
+    p = verb("score", "score a whole CSV/TSV/JSONL/Parquet file (- for JSONL on stdin/stdout), keeping every column")
+    p.add_argument("input", metavar="IN", help="file to score; its extension gives the format")
+    p.add_argument("output", metavar="OUT", help="file to write (any of the formats; written at the end by a rename)")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
+    p.add_argument("--all-scores", action="store_true", help="also one score_<LABEL> column per label")
+    p.add_argument("--on-error", choices=("fail", "skip", "mark"), default="fail",
+                   help="a row without text: stop (default), leave it out, or keep it with an error column")
+    p.add_argument("--prefix", default="", help="prefix of the new column names, e.g. pred_ when IN has a label")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default: all cores; with --engine ray: per actor, default 1)")
+    p.add_argument("--chunk-rows", type=_positive_int, default=1000,
+                   help="rows read, scored and written at a time; the unit --resume restarts from (default: 1000)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished chunk")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local (this process) or ray (Ray Data on a pool of actors; pip install 'distilsent[ray]')")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (default: start a local Ray)")
+    p.add_argument("--actors", type=_positive_int, default=None,
+                   help="Ray: classifier actors, each loading the model once (default: CPUs / threads)")
+    p.add_argument("--shards", action="store_true",
+                   help="Ray: write OUT as a directory of shards from the workers, with a row column for order")
+    p.set_defaults(run=cmd_score)
+
+    p = verb("bias-probe", "fill neutral templates with countries or names and measure how P(positive) moves")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes <probe>.csv, summaries and plots here")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--probe", choices=("all", "country", "gender"), default="all", help="built-in probe (default: all)")
+    p.add_argument("--templates", default=None, metavar="FILE",
+                   help="one template per line with {term} (default: the built-in country templates)")
+    p.add_argument("--terms", default=None, metavar="FILE",
+                   help="one term per line, optionally TAB and a group (default: every country)")
+    p.add_argument("--label", default="POSITIVE", help="the label whose probability is probed (default: POSITIVE)")
+    p.add_argument("--update-card", action="store_true", help="put the summary into the model's README.md")
+    p.add_argument("--no-plots", action="store_true", help="CSV and summaries only (no matplotlib needed)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=cmd_bias_probe)
+
+    p = verb("explain", "per-word attributions for the predicted label: occlusion (ONNX) or integrated gradients")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="the text (default: read stdin)")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--method", choices=("occlusion", "ig"), default="occlusion",
+                   help="occlusion (leave one word out, ONNX Runtime) or ig (integrated gradients, needs torch)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="integration steps of ig (default: 50)")
+    p.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML page")
+    p.add_argument("--json", action="store_true", help="print words, attributions and the prediction as JSON")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=cmd_explain)
     return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """distilsent's own warnings as one ``distilsent: warning: ...`` line; others as Python shows them."""
+    from .errors import DistilsentWarning
+
+    if issubclass(category, DistilsentWarning):
+        text = f"distilsent: warning: {message}\n"
+    else:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args.run(args)
     except DistilsentError as e:
         print(f"distilsent: error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,450 @@
+"""Bulk scoring of whole files: ``distilsent score IN OUT``.
+
+The input is read a chunk of rows at a time (:mod:`distilsent.tables`), each chunk is classified and
+written as one numbered part file in ``OUT.partial/``, and a manifest there records the finished chunks.
+When every chunk is done the parts are joined into a temporary file that is renamed to ``OUT``: a crash
+never leaves a half-written ``OUT``, memory stays that of one chunk whatever the file size, and
+``--resume`` re-reads the input, skips the finished chunks and continues. Chunks are cut at fixed row
+counts and each is classified on its own, so a resumed run writes the same bytes as an uninterrupted one.
+
+Each output row is the input row with every column kept, in order, plus ``label`` and ``score`` (and,
+on request, one ``score_<LABEL>`` column per label and the row's ``error``). A row whose text is
+missing or not a string, or that could not be parsed, is reported with its row number and, as chosen,
+fails the run, is skipped, or is kept and marked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import TEXT_COLUMNS, detect_format
+from .errors import DataError, InputError
+from .tables import Row, open_reader, open_writer, require_pyarrow
+
+ON_ERROR = ("fail", "skip", "mark")
+ENGINES = ("local", "ray")
+# Rows per chunk: the unit of reading, classifying, writing and resuming. A thousand rows fill dozens of
+# length-sorted batches (so the batch planner has lengths to group) and cost ~1 MB of memory for
+# short texts; the loss on an interruption is at most one chunk.
+CHUNK_ROWS = 1000
+REPORTED_ROWS = 20  # bad rows printed one by one on stderr; the rest are only counted
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What decides the output's bytes: a resumed run must use the same settings."""
+
+    text_column: str | None = None
+    all_scores: bool = False
+    on_error: str = "fail"
+    prefix: str = ""
+    chunk_rows: int = CHUNK_ROWS
+    batch_size: int | None = None
+
+    def __post_init__(self):
+        if self.on_error not in ON_ERROR:
+            raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+        if self.chunk_rows < 1:
+            raise InputError("chunk_rows must be positive")
+
+
+def find_text_column(columns: Iterable[str], given: str | None, source: str) -> str:
+    """``given`` if it is a column, else the first of :data:`distilsent.data.TEXT_COLUMNS` present."""
+    columns = list(columns)
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"{source}: no text column {given!r}; columns are {', '.join(map(str, columns))}")
+        return given
+    lowered = {str(c).lower(): c for c in columns}
+    for name in TEXT_COLUMNS:
+        if name in lowered:
+            return lowered[name]
+    raise DataError(f"{source}: cannot find a text column among {', '.join(map(str, columns)) or '(none)'}; "
+                    "pass --text-column")
+
+
+def text_problem(value: Any) -> str | None:
+    if value is None:
+        return "the text is missing"
+    if not isinstance(value, str):
+        return f"the text is {type(value).__name__}, not a string"
+    return None
+
+
+class Scorer:
+    """The columns ``score`` appends, and how a chunk of records gets them."""
+
+    def __init__(self, clf, settings: ScoreSettings, text_column: str):
+        self.clf = clf
+        self.settings = settings
+        self.text_column = text_column
+        p = settings.prefix
+        self.label_key, self.score_key, self.error_key = f"{p}label", f"{p}score", f"{p}error"
+        self.label_keys = [f"{p}score_{label}" for label in clf.labels] if settings.all_scores else []
+        self.columns = [self.label_key, self.score_key, *self.label_keys]
+        if settings.on_error == "mark":
+            self.columns.append(self.error_key)
+
+    def check_columns(self, columns: Iterable[str], source: str) -> None:
+        taken = [c for c in self.columns if c in set(columns)]
+        if taken:
+            raise DataError(f"{source} already has a column {taken[0]!r}; pass --prefix (e.g. --prefix pred_) "
+                            "to name the new columns differently")
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """(n, labels) probabilities in label order, through the Classifier's public call."""
+        if not texts:
+            return np.zeros((0, len(self.clf.labels)))
+        index = {label: i for i, label in enumerate(self.clf.labels)}
+        out = np.empty((len(texts), len(index)))
+        for row, ranked in zip(out, self.clf(texts, top_k=None, batch_size=self.settings.batch_size)):
+            for item in ranked:
+                row[index[item["label"]]] = item["score"]
+        return out
+
+    def score(self, records: list[dict], problems: list[str | None]) -> list[dict]:
+        """The records with the new columns; rows with a problem get empty ones (and the problem when
+        marking). ``problems[i]`` is set for a row that is malformed or has no text."""
+        good = [i for i, p in enumerate(problems) if p is None]
+        scores = self.scores([records[i][self.text_column] for i in good])
+        labels = self.clf.labels
+        out = []
+        by_row = dict(zip(good, scores))
+        for i, (record, problem) in enumerate(zip(records, problems)):
+            row = dict(record)
+            s = by_row.get(i)
+            best = None if s is None else int(s.argmax())
+            row[self.label_key] = None if s is None else labels[best]
+            row[self.score_key] = None if s is None else float(s[best])
+            for j, key in enumerate(self.label_keys):
+                row[key] = None if s is None else float(s[j])
+            if self.settings.on_error == "mark":
+                row[self.error_key] = problem
+            out.append(row)
+        return out
+
+
+@dataclass
+class Counts:
+    rows: int = 0  # input rows read
+    written: int = 0
+    skipped: int = 0
+    marked: int = 0
+
+    def add(self, other: "Counts") -> None:
+        for key, value in asdict(other).items():
+            setattr(self, key, getattr(self, key) + value)
+
+
+class BadRows:
+    """Applies ``--on-error`` to each chunk and reports bad rows on stderr (the first few one by one)."""
+
+    def __init__(self, source: str, on_error: str, stream=None):
+        self.source, self.on_error = source, on_error
+        self.stream = stream or sys.stderr
+        self.reported = 0
+
+    def problems(self, rows: list[Row], text_column: str) -> list[str | None]:
+        return [row.problem or text_problem(row.record.get(text_column)) for row in rows]
+
+    def apply(self, rows: list[Row], problems: list[str | None]) -> list[int]:
+        """Indices of the rows to keep; raises on the first bad row when failing."""
+        keep = []
+        for i, (row, problem) in enumerate(zip(rows, problems)):
+            if problem is None:
+                keep.append(i)
+                continue
+            message = f"{self.source}: {row.where()}: {problem}"
+            if self.on_error == "fail":
+                raise DataError(f"{message} (pass --on-error skip or mark to go on)")
+            if self.reported < REPORTED_ROWS:
+                action = "skipped" if self.on_error == "skip" else "marked"
+                print(f"distilsent: warning: {message}; {action}", file=self.stream)
+            elif self.reported == REPORTED_ROWS:
+                print("distilsent: warning: more bad rows; only counted from here on", file=self.stream)
+            self.reported += 1
+            if self.on_error == "mark":
+                keep.append(i)
+        return keep
+
+
+class Progress:
+    """Rows, rows/s and ETA on stderr: redrawn in place on a terminal, a plain line every ``every``
+    seconds otherwise (logs, CI), and a final line at the end."""
+
+    def __init__(self, enabled: bool, stream=None, every: float | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and self.stream.isatty()
+        self.every = every if every is not None else (0.5 if self.tty else 10.0)
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.rows = 0  # rows classified by this run (skipped ones of a resume are not)
+        self.done = 0  # rows accounted for, including resumed ones
+        self.fraction0 = None
+
+    def update(self, rows: int, scored: bool, fraction: float | None, force: bool = False) -> None:
+        self.done += rows
+        if scored:
+            self.rows += rows
+            if self.fraction0 is None:
+                self.fraction0 = 0.0 if fraction is None else fraction
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < self.every):
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.rows / elapsed if elapsed > 0 else 0.0
+        line = f"{self.done:,} rows  {rate:,.0f} rows/s"
+        if fraction is not None:
+            line = f"{100 * fraction:5.1f}%  " + line
+            progressed = fraction - (self.fraction0 or 0.0)
+            if progressed > 0 and fraction < 1:
+                line += f"  ETA {_clock(elapsed * (1 - fraction) / progressed)}"
+        line += f"  {_clock(elapsed)} elapsed"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(70))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.update(0, False, None, force=True)
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------------------- the output side
+
+
+class PartsOutput:
+    """``OUT.partial/``: one part file per finished chunk and a manifest; joined and renamed at the end."""
+
+    def __init__(self, target: str, fmt: str, identity: dict, resume: bool):
+        self.target, self.fmt = Path(target), fmt
+        self.directory = self.target.with_name(self.target.name + ".partial")
+        self.identity = identity
+        self.chunks: list[dict] = []
+        manifest = self.directory / MANIFEST
+        if resume and manifest.is_file():
+            state = json.loads(manifest.read_text(encoding="utf-8"))
+            if state.get("identity") != identity:
+                changed = sorted(k for k in identity if state.get("identity", {}).get(k) != identity[k])
+                raise InputError(f"cannot resume {target}: {', '.join(changed)} changed since the interrupted run; "
+                                 f"run without --resume to start again")
+            self.chunks = state["chunks"]
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory.mkdir(parents=True)
+            self._save()
+
+    @property
+    def done(self) -> int:
+        return len(self.chunks)
+
+    def part(self, index: int) -> Path:
+        return self.directory / f"{index:08d}.{self.fmt}"
+
+    def open(self, index: int, layout: "Layout"):
+        self.pending = self.part(index).with_suffix(".tmp")
+        if self.fmt == "parquet":
+            return open_writer(str(self.pending), "parquet", schema=layout.schema)
+        return open_writer(str(self.pending), self.fmt, columns=layout.columns, header=index == 0)
+
+    def commit(self, index: int, counts: Counts) -> None:
+        os.replace(self.pending, self.part(index))
+        self.chunks.append(asdict(counts))
+        self._save()
+
+    def _save(self) -> None:
+        temporary = self.directory / (MANIFEST + ".tmp")
+        temporary.write_text(json.dumps({"identity": self.identity, "chunks": self.chunks}), encoding="utf-8")
+        os.replace(temporary, self.directory / MANIFEST)
+
+    def finish(self, layout: "Layout") -> None:
+        """Join the parts into one file next to ``OUT`` and rename it over ``OUT``."""
+        joined = self.directory / f"joined.{self.fmt}"
+        if self.fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(str(joined), layout.schema)
+            for index in range(self.done):
+                writer.write_table(pq.read_table(self.part(index)))
+            writer.close()
+        else:
+            with open(joined, "wb") as out:
+                for index in range(self.done):
+                    with open(self.part(index), "rb") as part:
+                        shutil.copyfileobj(part, out)
+        os.replace(joined, self.target)
+        shutil.rmtree(self.directory)
+
+
+@dataclass
+class Layout:
+    """The output's columns (CSV/TSV header) and Arrow schema (Parquet), fixed by the first chunk."""
+
+    columns: list[str]
+    schema: Any = None
+
+
+def _layout(reader, first: list[Row], scorer: Scorer, fmt: str) -> Layout:
+    if reader.columns is not None:
+        inputs = list(reader.columns)
+    else:  # JSONL: the keys of the first chunk's records, in order of appearance
+        inputs = list(dict.fromkeys(k for row in first for k in row.record))
+    columns = inputs + scorer.columns
+    if fmt != "parquet":
+        return Layout(columns)
+    pa = require_pyarrow()
+    if getattr(reader, "schema", None) is not None:
+        fields = list(reader.schema)
+    elif reader.columns is not None:  # CSV/TSV: every value is a string
+        fields = [pa.field(c, pa.string()) for c in inputs]
+    else:
+        good = [row.record for row in first if row.problem is None]
+        inferred = pa.Table.from_pylist(good).schema if good else pa.schema([])
+        fields = [inferred.field(c) if c in inferred.names else pa.field(c, pa.string()) for c in inputs]
+    fields += [pa.field(scorer.label_key, pa.string()), pa.field(scorer.score_key, pa.float64())]
+    fields += [pa.field(key, pa.float64()) for key in scorer.label_keys]
+    if scorer.settings.on_error == "mark":
+        fields.append(pa.field(scorer.error_key, pa.string()))
+    return Layout(columns, pa.schema(fields))
+
+
+def _file_identity(source: str) -> dict:
+    stat = os.stat(source)
+    with open(source, "rb") as handle:  # size + mtime can survive an edit; the first MiB rarely does
+        head = hashlib.sha256(handle.read(1 << 20)).hexdigest()
+    return {"input": str(Path(source).resolve()), "input_size": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
+            "input_head_sha256": head}
+
+
+def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resume: bool = False,
+                 progress: bool = True, stderr=None) -> dict:
+    """Score ``source`` into ``target`` with ``clf`` on this machine; ``-`` is JSONL on stdin/stdout.
+    Returns the summary (row counts, seconds, rows/s)."""
+    stderr = stderr or sys.stderr
+    in_fmt, out_fmt = detect_format(source), detect_format(target)
+    if resume and "-" in (source, target):
+        raise InputError("--resume needs files: stdin and stdout cannot be re-read or rewritten")
+    if "-" not in (source, target) and Path(target).resolve() == Path(source).resolve():
+        raise InputError(f"{target}: the output would overwrite the input")
+    start = time.perf_counter()
+    reader = open_reader(source, in_fmt, batch_rows=settings.chunk_rows)
+    try:
+        counts = Counts()
+        bad = BadRows(source, settings.on_error, stderr)
+        meter = Progress(progress, stderr)
+        scorer = layout = None
+        output = None
+        if target != "-":
+            identity = {**_file_identity(source), **asdict(settings), "model": clf.name, "labels": clf.labels,
+                        "output_format": out_fmt}
+            output = PartsOutput(target, out_fmt, identity, resume)
+            for chunk in output.chunks:
+                counts.add(Counts(**chunk))
+        resumed = output.done if output else 0
+        sink = None
+        for index, rows in enumerate(chunked(reader, settings.chunk_rows)):
+            if scorer is None:
+                columns = reader.columns if reader.columns is not None else [k for r in rows for k in r.record]
+                scorer = Scorer(clf, settings, find_text_column(dict.fromkeys(columns), settings.text_column, source))
+                layout = _layout(reader, rows, scorer, out_fmt)
+                scorer.check_columns(layout.columns[: len(layout.columns) - len(scorer.columns)], source)
+                if output is None:
+                    sink = open_writer("-", "jsonl", handle=sys.stdout)
+            if index < resumed:
+                meter.update(len(rows), False, _fraction(reader))
+                continue
+            for row in rows:
+                scorer.check_columns(row.record, source)
+            problems = bad.problems(rows, scorer.text_column)
+            keep = bad.apply(rows, problems)
+            kept = [rows[i] for i in keep]
+            records = scorer.score([r.record for r in kept], [problems[i] for i in keep])
+            chunk = Counts(rows=len(rows), written=len(records), skipped=len(rows) - len(keep),
+                           marked=sum(problems[i] is not None for i in keep))
+            where = [r.where() for r in kept]
+            if output is None:
+                sink.write(records, where)
+                sink.close()  # flushes stdout: a reader downstream sees each chunk as it is done
+            else:
+                writer = output.open(index, layout)
+                try:
+                    writer.write(records, where)
+                finally:
+                    writer.close()
+                output.commit(index, chunk)
+            counts.add(chunk)
+            meter.update(len(rows), True, _fraction(reader))
+        if counts.rows == 0 and resumed == 0:
+            raise DataError(f"{source}: no rows")
+        if output is not None:
+            output.finish(layout)
+        meter.close()
+    finally:
+        reader.close()
+    seconds = time.perf_counter() - start
+    return {**asdict(counts), "resumed_chunks": resumed, "output": target, "seconds": round(seconds, 3),
+            "rows_per_second": round(meter.rows / seconds, 1) if seconds > 0 else math.inf}
+
+
+def _fraction(reader) -> float | None:
+    if reader.total_rows:
+        return reader.position / reader.total_rows
+    if reader.size:
+        return reader.position / reader.size
+    return None
+
+
+def score_file(source: str, target: str, *, model: str | None = None, threads: int | None = None,
+               engine: str = "local", resume: bool = False, progress: bool = True,
+               ray_options: dict | None = None, **settings: Any) -> dict:
+    """Load the model and score ``source`` into ``target`` (``engine="ray"``: on a Ray cluster, see
+    :mod:`distilsent.ray_engine`). ``settings`` are the fields of :class:`ScoreSettings`."""
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    settings = ScoreSettings(**settings)
+    if engine == "ray":
+        from .ray_engine import score_on_ray
+
+        if resume:
+            raise InputError("--resume is for the local engine; a Ray job re-runs failed tasks itself")
+        return score_on_ray(source, target, settings, model=model, threads=threads, progress=progress,
+                            **(ray_options or {}))
+    from .classifier import Classifier
+
+    options = {"batch_size": settings.batch_size} if settings.batch_size else {}
+    clf = Classifier.load(model, threads=threads, **options)
+    return score_stream(clf, source, target, settings, resume=resume, progress=progress)
