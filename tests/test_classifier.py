@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from distilsent import Classifier, InputError
+from distilsent.classifier import BATCH_OVERHEAD_TOKENS, plan_batches
 
 from .conftest import make_tiny_model
 
@@ -80,9 +81,89 @@ def test_empty_and_huge_inputs(tiny_model_dir):
     clf = Classifier.load(tiny_model_dir)
     assert clf([]) == []
     (result,) = clf("good " * 100_000)
-    assert result["label"] in ("NEGATIVE", "POSITIVE") and 0.5 <= result["score"] <= 1
+    # Cut to the model's 64 positions: [CLS], 62 words, [SEP] -- the same answer as those 62 words alone.
+    (cut,) = clf("good " * 62)
+    assert result["label"] == cut["label"] and result["score"] == pytest.approx(cut["score"], abs=1e-6)
+    assert clf("good " * 61)[0]["score"] != pytest.approx(cut["score"], abs=1e-6)  # so the equality says something
 
 
 def test_unknown_backend(tiny_model_dir):
     with pytest.raises(InputError, match="unknown backend"):
         Classifier.load(tiny_model_dir, backend="tpu")
+
+
+def test_the_steps_compose_into_logits_and_call(three_label_dir):
+    clf = Classifier.load(three_label_dir, batch_size=2)
+    sequences = clf.encode(TEXTS)
+    assert all(s[0] == clf.tokenizer.cls_id and s[-1] == clf.tokenizer.sep_id for s in sequences)
+    logits = clf.run(sequences)
+    np.testing.assert_array_equal(logits, clf.logits(TEXTS))
+    for batch in clf.plan([len(s) for s in sequences]):
+        np.testing.assert_allclose(clf.run_batch([sequences[i] for i in batch]), logits[batch], atol=1e-5)
+    assert clf.format(clf.scores(logits), top_k=2) == clf(TEXTS, top_k=2)
+    assert clf.run([]).shape == (0, 3) and clf.run_batch([]).shape == (0, 3)
+
+
+def test_encode_without_truncation_rejects_long_texts(tiny_model_dir):
+    clf = Classifier.load(tiny_model_dir)
+    assert len(clf.encode(["good " * 100])[0]) == 64
+    assert len(clf.encode(["good " * 100], max_length=10)[0]) == 10
+    with pytest.raises(InputError, match="more than the maximum of 64"):
+        clf.encode(["good " * 100], truncation=False)
+
+
+def test_tei_format_is_every_label_best_first_score_before_label(three_label_dir):
+    clf = Classifier.load(three_label_dir)
+    scores = clf.scores(clf.logits(TEXTS))
+    tei = clf.format(scores, style="tei")
+    assert len(tei) == len(TEXTS)
+    for row, want in zip(tei, scores):
+        assert [list(d) for d in row] == [["score", "label"]] * 3
+        assert [d["score"] for d in row] == sorted(want.tolist(), reverse=True)
+        assert {d["label"] for d in row} == {"neg", "neu", "pos"}
+        assert want[clf.labels.index(row[0]["label"])] == want.max()
+    assert clf.format(scores[:1], style="tei", single=True) == tei[0]
+    with pytest.raises(InputError, match="style"):
+        clf.format(scores, style="openai")
+    with pytest.raises(InputError, match="top_k"):
+        clf.format(scores, style="tei", top_k=1)
+
+
+def _plan_cost(lengths, batches):
+    return sum(BATCH_OVERHEAD_TOKENS + len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_planner_finds_the_cheapest_cut_of_the_sorted_texts(seed):
+    """Padded tokens + a fixed cost per call, against every way of cutting the length-sorted texts."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.choice([5, 9, 14, 30, 31, 80, 200], size=11).tolist()
+    batch_size, budget = 4, 300
+    batches = plan_batches(lengths, batch_size, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = np.inf
+    for mask in range(1 << (len(order) - 1)):  # bit k set: a batch ends after order[k]
+        cuts = [0] + [k + 1 for k in range(len(order) - 1) if mask >> k & 1] + [len(order)]
+        plan = [order[a:b] for a, b in zip(cuts, cuts[1:])]
+        if all(len(b) <= batch_size and (len(b) == 1 or len(b) * lengths[b[0]] <= budget) for b in plan):
+            best = min(best, _plan_cost(lengths, plan))
+    assert _plan_cost(lengths, batches) == best
+    for b in batches:
+        assert len(b) <= batch_size and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget)
+
+
+def test_the_version_has_one_source(capsys):
+    import importlib.metadata
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from pathlib import Path
+
+    import distilsent
+    from distilsent.cli import main
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]  # read from distilsent.__version__
+    assert importlib.metadata.version("distilsent") == distilsent.__version__
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"distilsent {distilsent.__version__}"

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distilsent import CheckpointError, Classifier
+from distilsent import CheckpointError, Classifier, InputError
+from distilsent.backends import BACKENDS, check_batch
 from distilsent.classifier import plan_batches
 from distilsent.cli import main
 from distilsent.config import DistilBertConfig
@@ -211,6 +212,81 @@ def test_plan_batches_covers_every_index_once_within_limits():
         width = max(lengths[i] for i in batch)
         assert len(batch) <= 16
         assert len(batch) * width <= 1000 or len(batch) == 1
+
+
+def to_left_padding(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same right-padded batch with each row's padding moved to its start."""
+    shifts = (mask.shape[1] - mask.sum(1)).tolist()
+    return (np.stack([np.roll(row, k) for row, k in zip(ids, shifts)]),
+            np.stack([np.roll(row, k) for row, k in zip(mask, shifts)]))
+
+
+class LeftPaddingTokenizer(Tokenizer):
+    """A tokenizer set up to pad on the left, as is usual for decoder models."""
+
+    def pad(self, sequences):
+        return to_left_padding(*super().pad(sequences))
+
+
+def test_left_padding_breaks_the_onnx_backend_and_is_refused(model_dir):
+    torch_clf, onnx_clf = Classifier.load(model_dir, backend="torch"), Classifier.load(model_dir, backend="onnx")
+    ids, mask = to_left_padding(*onnx_clf.tokenizer(TEXTS))
+    assert not mask[:, 0].all()
+    # Why the contract exists: the model reads [CLS] at position 0, and the ONNX graph takes each row's
+    # count of ones as its length, so a left-padded batch silently gives other labels than torch does.
+    want, got = torch_clf.backend.logits(ids, mask), onnx_clf.backend.logits(ids, mask)
+    assert (want.argmax(-1) != got.argmax(-1)).any()
+    with pytest.raises(InputError, match="padded on the right"):
+        check_batch(ids, mask, 128)
+    clf = Classifier(onnx_clf.backend, LeftPaddingTokenizer(onnx_clf.tokenizer._backend), onnx_clf.config)
+    with pytest.raises(InputError, match="padded on the right"):
+        clf(TEXTS)
+
+
+def test_batches_beyond_the_position_table_are_refused(model_dir):
+    clf = Classifier.load(model_dir)
+    sequence = [clf.tokenizer.cls_id] + [7] * 127 + [clf.tokenizer.sep_id]  # 129 tokens, 128 positions
+    with pytest.raises(InputError, match="longer than the model's 128 positions"):
+        clf.run_batch([sequence])
+    assert clf.run_batch([sequence[:127] + sequence[-1:]]).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "ids, mask, message",
+    [
+        (np.ones((2, 3), np.int32), np.ones((2, 3), np.int64), "int64"),
+        (np.ones((2, 3), np.int64), np.ones((2, 4), np.int64), "shape"),
+        (np.ones((3,), np.int64), np.ones((3,), np.int64), "shape"),
+        (np.ones((2, 3), np.int64), np.array([[1, 0, 1], [1, 1, 1]]), "padded on the right"),
+        (np.ones((2, 3), np.int64), np.array([[0, 0, 0], [1, 1, 1]]), "padded on the right"),
+    ],
+)
+def test_backend_contract_violations_are_input_errors(ids, mask, message):
+    with pytest.raises(InputError, match=message):
+        check_batch(ids, mask, 128)
+
+
+def test_a_backend_returning_the_wrong_shape_is_reported(model_dir):
+    clf = Classifier.load(model_dir)
+
+    class Truncating:
+        name = "broken"
+
+        def logits(self, ids, mask):
+            return clf.backend.logits(ids, mask)[:1]
+
+    broken = Classifier(Truncating(), clf.tokenizer, clf.config)
+    with pytest.raises(CheckpointError, match="broken backend returned logits of shape"):
+        broken(TEXTS[:3])
+
+
+def test_backends_are_chosen_from_the_registry(model_dir):
+    from distilsent.cli import build_parser
+
+    for name in BACKENDS:
+        assert Classifier.load(model_dir, backend=name).backend.name == name
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    assert next(a for a in predict._actions if a.dest == "backend").choices == tuple(BACKENDS)
 
 
 def test_corrupt_onnx_file_is_a_checkpoint_error(tmp_path, exported):

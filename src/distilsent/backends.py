@@ -1,22 +1,54 @@
-"""Inference backends. Each one has a single method: ``logits(ids, mask) -> (B, labels) float32 array``.
+"""Inference backends: the :class:`Backend` protocol, its two implementations and the registry that names them.
 
-Backends import their heavy dependency when they are created, so choosing one never pulls in another.
+Backends import their heavy dependency when they are loaded, so choosing one never pulls in another.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from .config import DistilBertConfig
-from .errors import CheckpointError, MissingDependencyError
+from .errors import CheckpointError, InputError, MissingDependencyError
 
 
 class Backend(Protocol):
+    """Runs a DistilBERT classifier on one padded batch.
+
+    The contract every backend relies on and :func:`check_batch` enforces before each call:
+
+    - ``ids`` and ``mask`` are int64 arrays of the same shape (B, T), B >= 1;
+    - padding is on the right: each row of ``mask`` is ones, then zeros, and starts with a one (the
+      ONNX graph takes the number of ones as each row's length, so a left-padded row would be read wrong);
+    - T <= ``config.max_position_embeddings`` (there is no position embedding beyond it);
+    - ``logits`` returns float32 (B, ``config.num_labels``), row i for row i of the batch.
+    """
+
+    name: ClassVar[str]
+
+    @classmethod
+    def load(cls, directory: Path, config: DistilBertConfig, threads: int | None = None) -> "Backend":
+        """The backend of a checkpoint directory, using at most ``threads`` threads (None: the runtime's choice)."""
+
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """int64 ``ids`` and ``mask`` (B, T) -> float32 logits (B, labels)."""
+        """int64 ``ids`` and ``mask`` (B, T), right-padded -> float32 logits (B, labels)."""
+
+
+def check_batch(ids: np.ndarray, mask: np.ndarray, max_positions: int) -> None:
+    """Raise :class:`InputError` unless ``ids``/``mask`` meet the :class:`Backend` contract (O(B*T), no copies)."""
+    if ids.dtype != np.int64 or mask.dtype != np.int64 or ids.ndim != 2 or ids.shape != mask.shape:
+        raise InputError(
+            f"a batch must be int64 ids and mask of one (B, T) shape, got {ids.dtype} {ids.shape} "
+            f"and {mask.dtype} {mask.shape}"
+        )
+    if ids.shape[1] > max_positions:
+        raise InputError(f"a batch of {ids.shape[1]} tokens is longer than the model's {max_positions} positions")
+    # Right padding: no row goes from padding (0) back to a token (1), and every row has its first token.
+    if ids.size and (not mask[:, 0].all() or (mask[:, 1:] > mask[:, :-1]).any()):
+        raise InputError("a batch must be padded on the right (attention_mask ones, then zeros); got left padding "
+                         "or holes")
 
 
 def require_torch():
@@ -86,9 +118,13 @@ class OnnxBackend:
     @classmethod
     def load(cls, directory: Path, config: DistilBertConfig, threads: int | None = None) -> "OnnxBackend":
         require_onnxruntime()
-        from .export import onnx_path
+        from .onnx_graph import onnx_path
 
         return cls(onnx_path(directory, config), threads)
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(("logits",), {"input_ids": ids, "attention_mask": mask})[0]
+
+
+# Every backend by the name users pass (``Classifier.load(backend=...)``, ``--backend``); the first is the default.
+BACKENDS: dict[str, type[Backend]] = {"onnx": OnnxBackend, "torch": TorchBackend}

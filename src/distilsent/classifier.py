@@ -1,23 +1,34 @@
 """``Classifier``: texts in, ``{"label", "score"}`` out, in the shapes of the Hugging Face pipeline.
 
-Texts are tokenized once, sorted by length, cut into batches under a token budget (padding is counted,
-so similar lengths travel together), run through a backend, and put back in input order.
+The work is a chain of steps, each a public method, so that offline use, the HTTP service and bulk
+scoring run the same code and differ only in how they feed it:
+
+    encode(texts)        -> token id lists with [CLS]/[SEP], cut to the model's length
+    plan(lengths)        -> batches of indices under a size and padded-token budget (the one planner)
+    run_batch(sequences) -> one right-padded batch through the backend (its contract checked): logits
+    run(sequences)       -> plan + run_batch over any number of sequences, logits in input order
+    scores(logits)       -> softmax / sigmoid / raw
+    format(scores)       -> Hugging Face pipeline or TEI shapes
+
+``logits(texts)`` is ``run(encode(texts))`` and ``clf(texts)`` is ``format(scores(logits(texts)))``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from .backends import BACKENDS, Backend, check_batch
 from .config import DistilBertConfig
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .tokenizer import Tokenizer
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
-BACKENDS = ("onnx", "torch")
+STYLES = ("hf", "tei")
 _LEGACY = object()  # top_k not given: the pipeline's original one-best shape
 
 
@@ -30,20 +41,39 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+# The fixed cost of one backend call, in tokens' worth of compute. It weighs fewer, fuller batches
+# against the padding that mixing lengths costs; a few dozen tokens is a call's overhead on a CPU.
+BATCH_OVERHEAD_TOKENS = 32
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Indices of each batch: longest first, at most ``batch_size`` texts and ``max_batch_tokens``
-    padded tokens per batch (a single text longer than the budget gets a batch of its own)."""
+    """Indices of each batch, longest first: at most ``batch_size`` texts and ``max_batch_tokens`` padded
+    tokens per batch (a single text over the budget gets a batch of its own), cut to minimise padded
+    tokens plus ``BATCH_OVERHEAD_TOKENS`` per batch.
+
+    Over texts sorted by length the best cut is a small dynamic programme (at most ``batch_size`` steps
+    per text). Filling batches greedily instead pads thirty short sentences to the length of the one
+    paragraph that arrived with them. Measured in padded tokens + 32 per call, greedy filling cost 2.6x
+    this plan on 200 random server arrivals (1-64 SST-2 dev texts, some with 200-512-token paragraphs;
+    64 texts / 8,192 tokens) and 2.3% more on SST-2 dev (32 texts / 2,048 tokens). Planning costs about
+    9 us per text, well under 1% of inference.
+    """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if batches:
-            batch = batches[-1]
-            width = lengths[batch[0]]  # the longest, as the order is descending
-            if len(batch) < batch_size and (len(batch) + 1) * width <= max_batch_tokens:
-                batch.append(i)
-                continue
-        batches.append([i])
-    return batches
+    cost = [0.0] + [math.inf] * len(order)  # cost[end]: best cost of batching order[:end]
+    cut = [0] * (len(order) + 1)  # where the last batch of that best plan starts
+    for end in range(1, len(order) + 1):
+        for start in range(end - 1, max(-1, end - 1 - batch_size), -1):
+            size, width = end - start, lengths[order[start]]  # order[start] is the batch's longest
+            if size > 1 and size * width > max_batch_tokens:
+                break  # starting earlier only adds longer texts
+            total = cost[start] + BATCH_OVERHEAD_TOKENS + size * width
+            if total < cost[end]:
+                cost[end], cut[end] = total, start
+    batches, end = [], len(order)
+    while end:
+        batches.append(order[cut[end] : end])
+        end = cut[end]
+    return batches[::-1]
 
 
 class Classifier:
@@ -56,7 +86,7 @@ class Classifier:
 
     def __init__(
         self,
-        backend,
+        backend: Backend,
         tokenizer: Tokenizer,
         config: DistilBertConfig,
         *,
@@ -88,9 +118,9 @@ class Classifier:
     ) -> "Classifier":
         """Load a checkpoint directory, a Hub id, or (``None``) the embedded default model.
 
-        ``backend="onnx"`` (ONNX Runtime, no torch) runs the directory's ``model.onnx`` (what
-        ``distilsent export`` writes, float32 or int8), else a graph built from the weights once and cached;
-        ``backend="torch"`` runs the PyTorch reference model.
+        ``backend`` is a name in :data:`distilsent.backends.BACKENDS`: ``"onnx"`` (ONNX Runtime, no torch)
+        runs the directory's ``model.onnx`` (what ``distilsent export`` writes, float32 or int8), else a
+        graph built from the weights once and cached; ``"torch"`` runs the PyTorch reference model.
         """
         from .checkpoint import load_config, load_tokenizer, resolve
 
@@ -99,9 +129,7 @@ class Classifier:
         directory = resolve(path_or_id)
         config = load_config(directory)
         tokenizer = load_tokenizer(directory, config)
-        from .backends import OnnxBackend, TorchBackend
-
-        runner = (OnnxBackend if backend == "onnx" else TorchBackend).load(directory, config, threads)
+        runner = BACKENDS[backend].load(directory, config, threads)
         name = str(path_or_id) if path_or_id is not None else "distilsent-default"
         return cls(runner, tokenizer, config, name=name, **options)
 
@@ -109,22 +137,42 @@ class Classifier:
     def labels(self) -> list[str]:
         return self.config.labels
 
-    def logits(
-        self,
-        texts: Sequence[str],
-        *,
-        truncation: bool = True,
-        max_length: int | None = None,
-        batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Raw logits (n, labels) float32, in input order."""
+    # ------------------------------------------------------------------ the steps
+
+    def encode(self, texts: Sequence[str], *, truncation: bool = True, max_length: int | None = None) -> list[list[int]]:
+        """Token ids of each text with ``[CLS]``/``[SEP]``, at most ``max_length`` (default: the model's)
+        tokens; with ``truncation=False`` a longer text is an :class:`InputError`."""
         limit = min(max_length or self.max_length, self.config.max_position_embeddings)
-        sequences = self.tokenizer.encode(texts, limit, truncation)
+        return self.tokenizer.encode(texts, limit, truncation)
+
+    def plan(
+        self, lengths: Sequence[int], *, batch_size: int | None = None, max_batch_tokens: int | None = None
+    ) -> list[list[int]]:
+        """Indices of each batch for sequences of these lengths (see :func:`plan_batches`)."""
+        return plan_batches(lengths, batch_size or self.batch_size, max_batch_tokens or self.max_batch_tokens)
+
+    def run_batch(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """Logits (B, labels) float32 of one batch of id lists, padded on the right to the longest.
+
+        The backend contract (:class:`distilsent.backends.Backend`) is checked on the way in and out.
+        """
+        if not sequences:
+            return np.empty((0, self.config.num_labels), dtype=np.float32)
+        ids, mask = self.tokenizer.pad(sequences)
+        check_batch(ids, mask, self.config.max_position_embeddings)
+        logits = self.backend.logits(ids, mask)
+        if logits.shape != (len(sequences), self.config.num_labels):
+            raise CheckpointError(
+                f"the {getattr(self.backend, 'name', 'custom')} backend returned logits of shape {logits.shape} "
+                f"for {len(sequences)} texts and {self.config.num_labels} labels"
+            )
+        return np.asarray(logits, dtype=np.float32)
+
+    def run(self, sequences: Sequence[Sequence[int]], *, batch_size: int | None = None) -> np.ndarray:
+        """Logits (n, labels) float32 of any number of id lists, in input order, batched by :meth:`plan`."""
         out = np.empty((len(sequences), self.config.num_labels), dtype=np.float32)
-        lengths = [len(s) for s in sequences]
-        for batch in plan_batches(lengths, batch_size or self.batch_size, self.max_batch_tokens):
-            ids, mask = self.tokenizer.pad([sequences[i] for i in batch])
-            out[batch] = self.backend.logits(ids, mask)
+        for batch in self.plan([len(s) for s in sequences], batch_size=batch_size):
+            out[batch] = self.run_batch([sequences[i] for i in batch])
         return out
 
     def scores(self, logits: np.ndarray, function_to_apply: str | None = None) -> np.ndarray:
@@ -142,6 +190,35 @@ class Classifier:
         if self.config.problem_type == "multi_label_classification" or self.config.num_labels == 1:
             return "sigmoid"
         return "softmax"
+
+    def format(
+        self, scores: np.ndarray, *, style: Literal["hf", "tei"] = "hf", top_k: Any = _LEGACY, single: bool = False
+    ) -> list:
+        """Scores (n, labels) as the Hugging Face pipeline (``style="hf"``, see :func:`format_scores`) or
+        Text Embeddings Inference (``style="tei"``: every label best first as ``{"score", "label"}``, one
+        list per text, or that list itself when ``single``) returns them."""
+        if style == "hf":
+            return format_scores(scores, self.labels, top_k, single)
+        if style != "tei":
+            raise InputError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+        if top_k is not _LEGACY:
+            raise InputError("top_k is a Hugging Face parameter; TEI returns every label")
+        ranked = format_scores(scores, self.labels, None)
+        tei = [[{"score": d["score"], "label": d["label"]} for d in row] for row in ranked]  # TEI's key order
+        return tei[0] if single else tei
+
+    # ------------------------------------------------------------------ the whole chain
+
+    def logits(
+        self,
+        texts: Sequence[str],
+        *,
+        truncation: bool = True,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Raw logits (n, labels) float32, in input order."""
+        return self.run(self.encode(texts, truncation=truncation, max_length=max_length), batch_size=batch_size)
 
     def __call__(
         self,
@@ -168,11 +245,8 @@ class Classifier:
         if not single and not isinstance(inputs, (list, tuple)):
             raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
         texts = [inputs] if single else list(inputs)
-        scores = self.scores(
-            self.logits(texts, truncation=truncation, max_length=max_length, batch_size=batch_size),
-            function_to_apply,
-        )
-        return format_scores(scores, self.labels, top_k, single)
+        logits = self.logits(texts, truncation=truncation, max_length=max_length, batch_size=batch_size)
+        return self.format(self.scores(logits, function_to_apply), top_k=top_k, single=single)
 
 
 def format_scores(scores: np.ndarray, labels: Sequence[str], top_k: Any = _LEGACY, single: bool = False) -> list:

@@ -1,0 +1,273 @@
+"""The ONNX runtime graph of a checkpoint: built straight from the weights, optionally int8, cached.
+
+The graph is written with ``onnx.helper`` from the checkpoint's tensors (no torch), using ONNX Runtime's
+fused CPU operators, so the ONNX backend needs neither torch nor an exporter:
+
+    input_ids, attention_mask (B, T) int64
+      -> EmbedLayerNormalization (word + position lookup, LayerNorm; also the per-row length)
+      -> n_layers x [ Attention (one QKV GEMM, lengths as the mask)
+                      -> MatMul out_lin -> SkipLayerNormalization (+bias, +residual, LayerNorm)
+                      -> MatMul lin1 -> BiasGelu (erf, exact) -> MatMul lin2 -> SkipLayerNormalization ]
+      -> first token -> pre_classifier, ReLU -> classifier -> logits (B, labels) float32
+
+Padding must be on the right (the tokenizer pads that way): the Attention mask is the count of real
+tokens per row. int8 is ONNX Runtime's dynamic quantization of the encoder's weights (Attention and
+MatMul): weights int8 per output channel, activations quantized per batch at run time. The embedding tables stay
+float32: a lookup costs no arithmetic, and the fused embedding op only takes float tables.
+
+A checkpoint without ``model.onnx`` gets its graph built once and cached under ``$DISTILSENT_CACHE`` (default
+``~/.cache/distilsent``) in ``onnx/<sha256 of config and weights>/model.onnx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from .config import DistilBertConfig
+from .errors import CheckpointError, MissingDependencyError
+
+ONNX_NAME = "model.onnx"
+# Bump when the graph layout changes, so that stale cached graphs are rebuilt rather than reused.
+GRAPH_VERSION = "1"
+OPSET = 17
+LAYER_NORM_EPS = 1e-12
+HEAD_NODES = ("pre_matmul", "logits_matmul")  # the classification head's two products (nodes are named after outputs)
+
+
+def require_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError(
+            "building an ONNX graph needs the onnx package: pip install onnx"
+        ) from None
+    return onnx
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DISTILSENT_CACHE") or Path.home() / ".cache" / "distilsent")
+
+
+def expected_shapes(config: DistilBertConfig) -> dict[str, SimpleNamespace]:
+    """Name -> object with ``.shape`` for every tensor of the checkpoint, as ``check_state_dict`` wants."""
+    d, f, v = config.dim, config.hidden_dim, config.vocab_size
+    shapes = {
+        "distilbert.embeddings.word_embeddings.weight": (v, d),
+        "distilbert.embeddings.position_embeddings.weight": (config.max_position_embeddings, d),
+        "distilbert.embeddings.LayerNorm.weight": (d,),
+        "distilbert.embeddings.LayerNorm.bias": (d,),
+        "pre_classifier.weight": (d, d),
+        "pre_classifier.bias": (d,),
+        "classifier.weight": (config.num_labels, d),
+        "classifier.bias": (config.num_labels,),
+    }
+    for i in range(config.n_layers):
+        p = f"distilbert.transformer.layer.{i}."
+        for lin in ("q_lin", "k_lin", "v_lin", "out_lin"):
+            shapes[f"{p}attention.{lin}.weight"] = (d, d)
+            shapes[f"{p}attention.{lin}.bias"] = (d,)
+        for norm in ("sa_layer_norm", "output_layer_norm"):
+            shapes[f"{p}{norm}.weight"] = (d,)
+            shapes[f"{p}{norm}.bias"] = (d,)
+        shapes[f"{p}ffn.lin1.weight"] = (f, d)
+        shapes[f"{p}ffn.lin1.bias"] = (f,)
+        shapes[f"{p}ffn.lin2.weight"] = (d, f)
+        shapes[f"{p}ffn.lin2.bias"] = (d,)
+    return {name: SimpleNamespace(shape=shape) for name, shape in shapes.items()}
+
+
+def read_tensors(directory: Path, config: DistilBertConfig) -> dict[str, np.ndarray]:
+    """float32 numpy tensors of a checkpoint, checked strictly against its config.
+
+    safetensors are read with numpy alone; a ``pytorch_model.bin`` goes through torch's weights-only loader.
+    """
+    from .checkpoint import IGNORED_SUFFIXES, PICKLE_NAME, SAFETENSORS_NAME, check_state_dict, load_state_dict
+
+    path = directory / SAFETENSORS_NAME
+    if path.is_file():
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:  # bfloat16 has no numpy dtype
+            raise CheckpointError(f"{path} cannot be read as float16/float32 safetensors ({e})") from None
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(IGNORED_SUFFIXES)}
+    else:
+        try:
+            import torch  # noqa: F401  (load_state_dict reads the pickle through torch.load)
+        except ImportError:
+            raise MissingDependencyError(
+                f"{directory} has only {PICKLE_NAME}, which needs PyTorch to read: pip install 'distilsent[torch]'"
+            ) from None
+        tensors = {k: v.float().numpy() for k, v in load_state_dict(directory).items()}
+    check_state_dict(expected_shapes(config), tensors, str(directory))
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray]):
+    """The fused float32 ``onnx.ModelProto`` of a DistilBERT classifier (see the module docstring)."""
+    require_onnx()
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = []
+    nodes = []
+
+    def weight(name: str, array: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        return name
+
+    def node(op: str, inputs: list[str], outputs: list[str], microsoft: bool = False, **attrs) -> None:
+        domain = "com.microsoft" if microsoft else ""
+        nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], domain=domain, **attrs))
+
+    t = tensors
+    e = "distilbert.embeddings."
+    # The fused ops take int32 ids and mask; the graph keeps the int64 interface of Hugging Face exports.
+    node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32)
+    node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32)
+    node(
+        "EmbedLayerNormalization",
+        ["ids32", "", weight("word_embeddings", t[e + "word_embeddings.weight"]),
+         weight("position_embeddings", t[e + "position_embeddings.weight"]), "",
+         weight("embeddings_ln_gamma", t[e + "LayerNorm.weight"]), weight("embeddings_ln_beta", t[e + "LayerNorm.bias"]),
+         "mask32"],
+        ["hidden_0", "lengths"],  # lengths: real tokens per row, the Attention mask for right padding
+        microsoft=True,
+        epsilon=LAYER_NORM_EPS,
+    )
+    x = "hidden_0"
+    for i in range(config.n_layers):
+        p = f"distilbert.transformer.layer.{i}."
+        a = p + "attention."
+        # torch Linear stores (out, in); MatMul wants (in, out), and Attention the three projections side by side.
+        qkv = np.concatenate([t[a + f"{n}.weight"].T for n in ("q_lin", "k_lin", "v_lin")], axis=1)  # (D, 3D)
+        qkv_bias = np.concatenate([t[a + f"{n}.bias"] for n in ("q_lin", "k_lin", "v_lin")])  # (3D,)
+        node("Attention", [x, weight(f"l{i}.qkv", qkv), weight(f"l{i}.qkv_bias", qkv_bias), "lengths"],
+             [f"l{i}.context"], microsoft=True, num_heads=config.n_heads)
+        node("MatMul", [f"l{i}.context", weight(f"l{i}.out", t[a + "out_lin.weight"].T)], [f"l{i}.attn_out"])
+        node("SkipLayerNormalization",
+             [f"l{i}.attn_out", x, weight(f"l{i}.sa_ln_gamma", t[p + "sa_layer_norm.weight"]),
+              weight(f"l{i}.sa_ln_beta", t[p + "sa_layer_norm.bias"]), weight(f"l{i}.out_bias", t[a + "out_lin.bias"])],
+             [f"l{i}.sa"], microsoft=True, epsilon=LAYER_NORM_EPS)
+        node("MatMul", [f"l{i}.sa", weight(f"l{i}.lin1", t[p + "ffn.lin1.weight"].T)], [f"l{i}.ffn_in"])
+        if config.activation == "gelu":
+            node("BiasGelu", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.act"],
+                 microsoft=True)
+        else:
+            node("Add", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.ffn_biased"])
+            node("Relu", [f"l{i}.ffn_biased"], [f"l{i}.act"])
+        node("MatMul", [f"l{i}.act", weight(f"l{i}.lin2", t[p + "ffn.lin2.weight"].T)], [f"l{i}.ffn_out"])
+        node("SkipLayerNormalization",
+             [f"l{i}.ffn_out", f"l{i}.sa", weight(f"l{i}.out_ln_gamma", t[p + "output_layer_norm.weight"]),
+              weight(f"l{i}.out_ln_beta", t[p + "output_layer_norm.bias"]), weight(f"l{i}.lin2_bias", t[p + "ffn.lin2.bias"])],
+             [f"hidden_{i + 1}"], microsoft=True, epsilon=LAYER_NORM_EPS)
+        x = f"hidden_{i + 1}"
+    initializers.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "first"))
+    node("Gather", [x, "first"], ["cls"], axis=1)  # (B, D)
+    # MatMul + Add rather than Gemm: the quantizer rewrites Gemm under new names, and these must stay excludable.
+    node("MatMul", ["cls", weight("pre_classifier", t["pre_classifier.weight"].T)], [HEAD_NODES[0]])
+    node("Add", [HEAD_NODES[0], weight("pre_classifier_bias", t["pre_classifier.bias"])], ["pre"])
+    node("Relu", ["pre"], ["pre_act"])
+    node("MatMul", ["pre_act", weight("classifier", t["classifier.weight"].T)], [HEAD_NODES[1]])
+    node("Add", [HEAD_NODES[1], weight("classifier_bias", t["classifier.bias"])], ["logits"])
+
+    graph = helper.make_graph(
+        nodes,
+        "distilsent",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.num_labels])],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
+        producer_name="distilsent",
+    )
+    model.ir_version = 8  # what every onnxruntime >= 1.14 reads
+    return model
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization of the Attention and MatMul weights (per output channel).
+
+    The embedding lookups, LayerNorms and the two-layer head stay float32 (see the module docstring).
+    """
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise MissingDependencyError("int8 quantization needs onnxruntime: pip install onnxruntime") from None
+    import logging
+
+    from onnx import TensorProto
+
+    # The quantizer logs a root-level advice about pre-processing that is meant for image models.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=["Attention", "MatMul"],
+            nodes_to_exclude=list(HEAD_NODES),  # two tiny GEMMs on one token: int8 would only cost accuracy
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # Shape inference cannot see through the com.microsoft ops; every activation here is float32.
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def write_onnx(directory: Path, config: DistilBertConfig, target: Path, int8: bool = False) -> Path:
+    """Build the graph of a checkpoint directory into ``target`` (optionally int8), atomically."""
+    onnx = require_onnx()
+    model = build_graph(config, read_tensors(directory, config))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        fp32 = Path(scratch) / ONNX_NAME
+        onnx.save_model(model, fp32)
+        result = Path(scratch) / "int8.onnx"
+        if int8:
+            quantize_int8(fp32, result)
+        else:
+            result = fp32
+        os.replace(result, target)  # readers never see a half-written graph
+    return target
+
+
+def weights_digest(directory: Path) -> str:
+    from .checkpoint import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+
+    digest = hashlib.sha256(GRAPH_VERSION.encode())
+    for name in (CONFIG_NAME, SAFETENSORS_NAME, PICKLE_NAME):
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def onnx_path(directory: Path, config: DistilBertConfig) -> Path:
+    """The ONNX graph of a checkpoint: its own ``model.onnx``, else the cached build (made on first use)."""
+    own = directory / ONNX_NAME
+    if own.is_file():
+        return own
+    cached = cache_dir() / "onnx" / weights_digest(directory) / ONNX_NAME
+    if not cached.is_file():
+        try:
+            write_onnx(directory, config, cached)
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot write the ONNX graph cache at {cached.parent} ({e.strerror or e}); "
+                "set DISTILSENT_CACHE to a writable directory"
+            ) from None
+    return cached
