@@ -107,6 +107,10 @@ def metrics(
         "macro_precision": float(np.mean([p for p, _, _ in per_class])),
         "macro_recall": float(np.mean([r for _, r, _ in per_class])),
         "macro_f1": float(np.mean([f for _, _, f in per_class])),
+        "per_class": [
+            {"label": name, "precision": p, "recall": r, "f1": f, "support": int(confusion[k].sum())}
+            for k, (name, (p, r, f)) in enumerate(zip(names, per_class))
+        ],
         "labels": list(names),
         "confusion_matrix": confusion.tolist(),
         "ece": float(ece),
@@ -176,6 +180,11 @@ def format_table(result: dict) -> str:
     lines.append("true \\ predicted".ljust(width + 8) + "".join(n.rjust(width) for n in names))
     for name, row in zip(names, result["confusion_matrix"]):
         lines.append(name.ljust(width + 8) + "".join(str(c).rjust(width) for c in row))
+    if result.get("per_class"):
+        lines.append("")
+        lines.append("label".ljust(width) + "precision  recall      f1  support")
+        for c in result["per_class"]:
+            lines.append(f"{c['label']:<{width}}{c['precision']:>9.4f}{c['recall']:>8.4f}{c['f1']:>8.4f}{c['support']:>9}")
     if result.get("accuracy_by_length"):
         lines.append("")
         lines.append("tokens     count  accuracy")
@@ -205,12 +214,15 @@ def plot(result: dict, directory: str | Path) -> list[Path]:
     names = result["labels"]
     confusion = np.array(result["confusion_matrix"])
 
-    fig, ax = plt.subplots(figsize=(4, 4))
+    # Sized to the labels: about an inch per label beyond two, long names turned so they do not overlap.
+    side = 4 + 0.9 * max(0, len(names) - 2)
+    fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(confusion, cmap="Blues")
     for (i, j), count in np.ndenumerate(confusion):
         ax.text(j, i, str(count), ha="center", va="center",
                 color="white" if count > confusion.max() / 2 else "black")
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=45 if max(map(len, names)) * len(names) > 30 else 0,
+                  ha="right" if max(map(len, names)) * len(names) > 30 else "center")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

@@ -19,7 +19,10 @@ BIAS_CAVEAT = (
     "it to make decisions about people or groups, and probe it on your own population before relying on it."
 )
 
-METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1", "ece": "ECE (15 bins)"}
+METRIC_NAMES = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1",
+                "macro_f1": "Macro F1", "ece": "ECE (15 bins)"}
+# Precision, recall and F1 of the one "positive" label: meaningful for two labels only.
+BINARY_ONLY = ("precision", "recall", "f1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +110,13 @@ def model_card(
     extra: str = "",
 ) -> str:
     """The full ``README.md`` text of a saved model."""
+    if metrics and config.num_labels != 2:
+        metrics = {k: v for k, v in metrics.items() if k not in BINARY_ONLY}
+    labels = ", ".join(f"`{label}`" for label in config.labels)
+    task = (
+        "Binary sentiment of English text" if config.num_labels == 2
+        else f"{config.num_labels}-class classification of English text (labels {labels})"
+    )
     parameters = (config.vocab_size + config.max_position_embeddings) * config.dim + config.n_layers * (
         4 * config.dim * config.dim + 2 * config.dim * config.hidden_dim
     )
@@ -142,10 +152,11 @@ def model_card(
         "",
         "## Intended use and limitations",
         "",
-        "Binary sentiment of English text: reviews, feedback, social posts. Texts longer than the maximum "
+        f"{task}: reviews, feedback, social posts. Texts longer than the maximum "
         f"length ({config.max_position_embeddings} positions) are truncated. Scores are softmax "
         "probabilities and are not perfectly calibrated (see ECE above). It was not trained for sarcasm, "
-        "mixed or neutral sentiment, other languages, or domains far from its training data.",
+        f"{'mixed or neutral sentiment, ' if config.num_labels == 2 else ''}other languages, or domains far "
+        "from its training data.",
         "",
         "**Bias.** " + BIAS_CAVEAT,
     ]
