@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distilsent.errors import InputError
-from distilsent.long_text import aggregate, head_tail, plan, truncate, window_starts, windows
+from distilsent.long_text import WindowPlan, aggregate, head_tail, plan, truncate, window_starts
 
 CLS, SEP = 101, 102
 
@@ -12,6 +12,10 @@ CLS, SEP = 101, 102
 def text(n: int) -> list[int]:
     """A text of ``n`` content tokens numbered 0..n-1, with [CLS]/[SEP]."""
     return [CLS, *range(n), SEP]
+
+
+def windows(ids, max_length, stride):
+    return plan([ids], "window", max_length, stride=stride).sequences
 
 
 def content(sequence):
@@ -72,6 +76,7 @@ def test_plan_keeps_one_sequence_per_text_except_for_windows():
     result = plan(texts, "window", 12)  # default stride: half a window (5)
     assert list(result.owner) == [0, 1, 1, 1, 1, 1, 2]
     assert [content(s)[0] for s in result.sequences[1:6]] == [0, 5, 10, 15, 20]
+    assert list(result.starts) == [0, 0, 5, 10, 15, 20, 0]
 
 
 def test_bad_strategy_and_stride_are_input_errors():
@@ -98,9 +103,7 @@ def test_mean_is_weighted_by_window_tokens():
 
 
 def test_mean_weights_by_length_when_windows_differ_in_size():
-    from distilsent.long_text import WindowPlan
-
-    window_plan = WindowPlan([[CLS, 1, 2, SEP], [CLS, *range(10), SEP]], np.array([0, 0]))
+    window_plan = WindowPlan([[CLS, 1, 2, SEP], [CLS, *range(10), SEP]], np.array([0, 0]), np.array([0, 0]))
     scores = np.array([[1.0, 0.0], [0.0, 1.0]])
     np.testing.assert_allclose(aggregate(scores, window_plan, 1, "mean"), [[4 / 16, 12 / 16]])
 

@@ -25,11 +25,16 @@ import numpy as np
 from .backends import BACKENDS, Backend, check_batch
 from .config import DistilBertConfig
 from .errors import CheckpointError, InputError
+from .long_text import WindowPlan, check_strategy
+from .long_text import aggregate as aggregate_windows
+from .long_text import plan as plan_windows
 from .tokenizer import Tokenizer
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 STYLES = ("hf", "tei")
 _LEGACY = object()  # top_k not given: the pipeline's original one-best shape
+NEUTRAL = "NEUTRAL"  # the label of a binary prediction less sure than neutral_below
+UNLIMITED = 2**31 - 1  # "no length limit" for the tokenizer, when long_text plans the windows
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -96,9 +101,16 @@ class Classifier:
         batch_size: int = 32,
         max_batch_tokens: int = 2048,
         max_length: int | None = None,
+        long_text: str = "truncate",
+        stride: int | None = None,
+        head: int | None = None,
+        aggregate: str = "mean",
     ):
         if batch_size < 1 or max_batch_tokens < 1:
             raise InputError("batch_size and max_batch_tokens must be positive")
+        check_strategy(long_text, aggregate)
+        # Defaults of every call: how texts longer than max_length are read (see distilsent.long_text).
+        self.long_text, self.stride, self.head, self.aggregate = long_text, stride, head, aggregate
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
@@ -145,6 +157,29 @@ class Classifier:
         limit = min(max_length or self.max_length, self.config.max_position_embeddings)
         return self.tokenizer.encode(texts, limit, truncation)
 
+    def windows(
+        self,
+        texts: Sequence[str],
+        *,
+        long_text: str | None = None,
+        stride: int | None = None,
+        head: int | None = None,
+        truncation: bool = True,
+        max_length: int | None = None,
+    ) -> WindowPlan:
+        """The sequences to run for ``texts`` under a ``long_text`` strategy (default: the classifier's):
+        one per text for ``"truncate"`` (:meth:`encode`, so ``truncation=False`` still refuses long texts)
+        and ``"head_tail"``, one per window of ``max_length`` tokens every ``stride`` for ``"window"``."""
+        strategy = long_text or self.long_text
+        check_strategy(strategy)
+        if strategy == "truncate":
+            return WindowPlan.one_each(self.encode(texts, truncation=truncation, max_length=max_length))
+        limit = min(max_length or self.max_length, self.config.max_position_embeddings)
+        return plan_windows(
+            self.tokenizer.encode(texts, UNLIMITED), strategy, limit,
+            stride=stride or self.stride, head=head if head is not None else self.head,
+        )
+
     def plan(
         self, lengths: Sequence[int], *, batch_size: int | None = None, max_batch_tokens: int | None = None
     ) -> list[list[int]]:
@@ -175,6 +210,55 @@ class Classifier:
             out[batch] = self.run_batch([sequences[i] for i in batch])
         return out
 
+    # ------------------------------------------------------------------ representations (see embeddings.py)
+
+    def run_hidden(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The float32 (B, T, D) hidden state of each of ``layers`` (0 = embeddings ... ``n_layers``) for
+        one batch of id lists, padded on the right as in :meth:`run_batch`, and the batch's (B, T) mask."""
+        hidden_states = getattr(self.backend, "hidden_states", None)
+        if hidden_states is None:
+            raise InputError(f"the {getattr(self.backend, 'name', 'custom')} backend does not give hidden states")
+        ids, mask = self.tokenizer.pad(sequences)
+        check_batch(ids, mask, self.config.max_position_embeddings)
+        return [np.asarray(h, dtype=np.float32) for h in hidden_states(ids, mask, list(layers))], mask
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        pooling: str = "cls",
+        layer: int = -1,
+        normalize: bool = False,
+        truncation: bool = True,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """One float32 vector per text, (n, dim), in input order, batched like classification.
+
+        ``pooling``: ``"cls"`` (the first token, what the head reads) or ``"mean"`` (over real tokens);
+        ``layer``: which of the ``n_layers + 1`` hidden states (0 = embeddings, -1 = the last block);
+        ``normalize``: unit L2 length (cosine similarity becomes a dot product).
+        """
+        from .embeddings import embed
+
+        texts = [texts] if isinstance(texts, str) else texts
+        return embed(self, texts, pooling=pooling, layer=layer, normalize=normalize, truncation=truncation,
+                     max_length=max_length, batch_size=batch_size)
+
+    def hidden_states(
+        self, texts: str | Sequence[str], *, truncation: bool = True, max_length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every hidden state of ``texts`` as one batch: float32 (n_layers + 1, n, T, D), embeddings first
+        (as ``transformers``' ``output_hidden_states``), and the int64 (n, T) attention mask; rows are
+        padded on the right to the longest text, and padding positions carry no meaning."""
+        texts = [texts] if isinstance(texts, str) else texts
+        sequences = self.encode(texts, truncation=truncation, max_length=max_length)
+        if not sequences:
+            return (np.zeros((self.config.n_layers + 1, 0, 0, self.config.dim), dtype=np.float32),
+                    np.zeros((0, 0), dtype=np.int64))
+        states, mask = self.run_hidden(sequences, range(self.config.n_layers + 1))
+        return np.stack(states), mask
+
     def scores(self, logits: np.ndarray, function_to_apply: str | None = None) -> np.ndarray:
         function = function_to_apply or self.default_function
         if function == "softmax":
@@ -192,11 +276,23 @@ class Classifier:
         return "softmax"
 
     def format(
-        self, scores: np.ndarray, *, style: Literal["hf", "tei"] = "hf", top_k: Any = _LEGACY, single: bool = False
+        self,
+        scores: np.ndarray,
+        *,
+        style: Literal["hf", "tei"] = "hf",
+        top_k: Any = _LEGACY,
+        single: bool = False,
+        neutral_below: float | None = None,
     ) -> list:
         """Scores (n, labels) as the Hugging Face pipeline (``style="hf"``, see :func:`format_scores`) or
         Text Embeddings Inference (``style="tei"``: every label best first as ``{"score", "label"}``, one
-        list per text, or that list itself when ``single``) returns them."""
+        list per text, or that list itself when ``single``) returns them.
+
+        ``neutral_below`` (binary models, one-best answers): a text whose best score is below it gets the
+        label ``NEUTRAL``, with that best score."""
+        if neutral_below is not None:
+            return self._neutral(self.format(scores, style=style, top_k=top_k, single=single), neutral_below,
+                                 style, top_k)
         if style == "hf":
             return format_scores(scores, self.labels, top_k, single)
         if style != "tei":
@@ -207,6 +303,19 @@ class Classifier:
         tei = [[{"score": d["score"], "label": d["label"]} for d in row] for row in ranked]  # TEI's key order
         return tei[0] if single else tei
 
+    def _neutral(self, results: list, threshold: float, style: str, top_k: Any) -> list:
+        if len(self.labels) != 2:
+            raise InputError(f"neutral_below is for binary models; this one has {len(self.labels)} labels")
+        if style != "hf" or top_k not in (_LEGACY, 1):
+            raise InputError("neutral_below answers one label per text: use it without top_k (or top_k=1)")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise InputError(f"neutral_below must be a probability between 0 and 1, got {threshold!r}")
+        for result in results:
+            best = result if isinstance(result, dict) else result[0]
+            if best["score"] < threshold:
+                best["label"] = NEUTRAL
+        return results
+
     # ------------------------------------------------------------------ the whole chain
 
     def logits(
@@ -216,9 +325,23 @@ class Classifier:
         truncation: bool = True,
         max_length: int | None = None,
         batch_size: int | None = None,
+        long_text: str | None = None,
+        stride: int | None = None,
+        head: int | None = None,
+        aggregate: str | None = None,
     ) -> np.ndarray:
-        """Raw logits (n, labels) float32, in input order."""
-        return self.run(self.encode(texts, truncation=truncation, max_length=max_length), batch_size=batch_size)
+        """Raw logits (n, labels) float32, in input order.
+
+        With several windows per text (``long_text="window"``) there is no single logit vector: a text gets
+        the log of its aggregated softmax probabilities, so that ``softmax`` of it gives them back.
+        """
+        window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
+                                   max_length=max_length)
+        logits = self.run(window_plan.sequences, batch_size=batch_size)
+        if len(window_plan.sequences) == len(texts):  # one sequence per text: its logits are the text's
+            return logits
+        probs = aggregate_windows(softmax(logits), window_plan, len(texts), aggregate or self.aggregate)
+        return np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32)
 
     def __call__(
         self,
@@ -229,12 +352,26 @@ class Classifier:
         truncation: bool = True,
         max_length: int | None = None,
         batch_size: int | None = None,
-    ) -> list:
+        long_text: str | None = None,
+        stride: int | None = None,
+        head: int | None = None,
+        aggregate: str | None = None,
+        neutral_below: float | None = None,
+        return_windows: bool = False,
+    ) -> list | tuple[list, list]:
         """Classify like ``pipeline("text-classification")``.
 
         - ``clf("text")`` -> ``[{"label", "score"}]``; ``clf([a, b])`` -> ``[{...}, {...}]``
         - ``top_k=None`` (every label) or ``top_k=k``: a list of dicts sorted by score per text;
           for a single string that list itself, for a list of texts a list of such lists.
+        - ``long_text``: ``"truncate"`` (the first ``max_length`` tokens), ``"head_tail"`` (the first
+          ``head`` and the last ``max_length - 2 - head`` tokens) or ``"window"`` (every window of
+          ``max_length`` tokens, one every ``stride`` tokens, scores aggregated per text by ``aggregate``:
+          ``"mean"`` weighted by window tokens, or ``"max"``, the most confident window); see
+          :mod:`distilsent.long_text`. Defaults: the classifier's (``truncate``).
+        - ``neutral_below=p`` (binary models): the label is ``NEUTRAL`` when the best score is below ``p``.
+        - ``return_windows=True``: ``(results, windows)``, ``windows[i]`` listing text i's sequences as
+          ``{"start", "tokens", "label", "score"}`` (``start``: offset of the first token in the text).
         """
         if top_k is not _LEGACY and top_k is not None:
             if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
@@ -245,8 +382,21 @@ class Classifier:
         if not single and not isinstance(inputs, (list, tuple)):
             raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
         texts = [inputs] if single else list(inputs)
-        logits = self.logits(texts, truncation=truncation, max_length=max_length, batch_size=batch_size)
-        return self.format(self.scores(logits, function_to_apply), top_k=top_k, single=single)
+        check_strategy(long_text or self.long_text, aggregate or self.aggregate)
+        window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
+                                   max_length=max_length)
+        window_scores = self.scores(self.run(window_plan.sequences, batch_size=batch_size), function_to_apply)
+        scores = aggregate_windows(window_scores, window_plan, len(texts), aggregate or self.aggregate)
+        results = self.format(scores, top_k=top_k, single=single, neutral_below=neutral_below)
+        if not return_windows:
+            return results
+        windows: list[list[dict]] = [[] for _ in texts]
+        for sequence, owner, start, row in zip(window_plan.sequences, window_plan.owner, window_plan.starts,
+                                               window_scores):
+            best = int(row.argmax())
+            windows[owner].append({"start": int(start), "tokens": len(sequence) - 2, "label": self.labels[best],
+                                   "score": row[best].item()})
+        return results, windows
 
 
 def format_scores(scores: np.ndarray, labels: Sequence[str], top_k: Any = _LEGACY, single: bool = False) -> list:

@@ -38,7 +38,10 @@ def detect_format(path: str) -> str:
         return "jsonl"
     if suffix in FORMATS:
         return suffix
-    raise DataError(f"{path}: cannot tell the format from the extension; pass one of {', '.join(FORMATS)}")
+    raise DataError(
+        f"{path}: cannot tell the format from the extension; name it with --format (fmt= in Python), "
+        f"one of {', '.join(FORMATS)}"
+    )
 
 
 def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict]]:
@@ -178,3 +181,49 @@ def read_examples(
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def split_examples(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """``(rest, held_out)``: a random ``fraction`` of the examples held out, the same for the same seed,
+    so a validation split carved out of a training file can be named by (file, fraction, seed)."""
+    import numpy as np
+
+    if not 0 < fraction < 1:
+        raise DataError(f"the held-out fraction must be between 0 and 1, got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(examples))
+    cut = round(len(examples) * fraction)
+    held = set(order[:cut].tolist())
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+def read_texts(path: str | os.PathLike, *, text_column: str | None = None) -> list[str]:
+    """Texts to embed or classify: one per line for ``-`` (stdin) and ``.txt`` files (invalid UTF-8 is an
+    error with its line number), else the text column of a CSV/TSV/JSONL/Parquet file (no labels needed)."""
+    path = str(path)
+    if path == "-" or Path(path).suffix.lower() == ".txt":
+        try:
+            data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        except OSError as e:
+            raise DataError(f"{path}: {e.strerror}") from None
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        texts = []
+        for number, raw in enumerate(lines, start=1):
+            try:
+                texts.append(raw.rstrip(b"\r").decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: invalid UTF-8") from None
+        return texts
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = detect_format(path)
+    texts, column = [], None
+    for number, record in _rows(path, fmt):
+        column = column or _pick(record, text_column, TEXT_COLUMNS, "text", path)
+        text = record.get(column)
+        if not isinstance(text, str):
+            where = f"{path}:{number}" if fmt != "parquet" else f"{path}: row {number}"
+            raise DataError(f"{where}: the text is a {type(text).__name__}, expected a string")
+        texts.append(text)
+    return texts

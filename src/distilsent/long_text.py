@@ -5,7 +5,8 @@ Three strategies, chosen per call (``Classifier(..., long_text=...)``):
 - ``"truncate"``: the first ``max_length`` tokens (what the Hugging Face pipeline does).
 - ``"head_tail"``: the first ``head`` and the last ``max_length - 2 - head`` tokens of the text, joined;
   for reviews the verdict is often at the end (Sun et al. 2019, "How to fine-tune BERT for text
-  classification", found 128 + 382 the best single 512-token window on IMDb).
+  classification", found 128 + 382 the best single 512-token window on IMDb). ``head`` defaults to a
+  quarter of the window: 128 of 510 at 512 positions.
 - ``"window"``: windows of ``max_length`` tokens starting every ``stride`` tokens, the last one aligned
   to the end of the text, so every token is seen and every window is full; each window is one more
   sequence for the classifier's batches, and the per-window scores are aggregated per text:
@@ -26,7 +27,6 @@ from .errors import InputError
 
 STRATEGIES = ("truncate", "head_tail", "window")
 AGGREGATIONS = ("mean", "max")
-DEFAULT_HEAD = 128  # head tokens of head_tail at 512 positions; the tail gets the other 382
 
 
 def check_strategy(strategy: str, aggregate: str = "mean") -> None:
@@ -43,7 +43,12 @@ def truncate(ids: Sequence[int], max_length: int) -> list[int]:
     return list(ids[: max_length - 1]) + [ids[-1]]
 
 
-def head_tail(ids: Sequence[int], max_length: int, head: int = DEFAULT_HEAD) -> list[int]:
+def default_head(max_length: int) -> int:
+    """A quarter of the window's content tokens: 128 (and 382 for the tail) at 512 positions."""
+    return round((max_length - 2) / 4)
+
+
+def head_tail(ids: Sequence[int], max_length: int, head: int) -> list[int]:
     """``[CLS]`` + the first ``head`` + the last ``max_length - 2 - head`` content tokens + ``[SEP]``.
 
     ``head`` is clipped to the room there is, so ``head >= max_length - 2`` is plain truncation and
@@ -76,27 +81,17 @@ def window_starts(content_length: int, width: int, stride: int) -> list[int]:
     return starts
 
 
-def windows(ids: Sequence[int], max_length: int, stride: int) -> list[list[int]]:
-    """Every window of a text: ``[CLS]`` + up to ``max_length - 2`` content tokens + ``[SEP]``.
-
-    A text that fits (including an empty one) is a single window, itself.
-    """
-    width = max_length - 2
-    content = ids[1:-1]
-    return [[ids[0], *content[start:start + width], ids[-1]] for start in window_starts(len(content), width, stride)]
-
-
 @dataclass(frozen=True)
 class WindowPlan:
-    """The sequences to run for a list of texts, and which text each one belongs to."""
+    """The sequences to run for a list of texts, which text each one belongs to, and where it starts."""
 
     sequences: list[list[int]]
     owner: np.ndarray  # (n_sequences,) index of the text each sequence came from
+    starts: np.ndarray  # (n_sequences,) offset of its first token in the text (after [CLS]); 0 but for windows
 
-    @property
-    def counts(self) -> np.ndarray:
-        """Windows per text."""
-        return np.bincount(self.owner, minlength=int(self.owner.max()) + 1 if len(self.owner) else 0)
+    @classmethod
+    def one_each(cls, sequences: list[list[int]]) -> "WindowPlan":
+        return cls(sequences, np.arange(len(sequences)), np.zeros(len(sequences), dtype=np.int64))
 
 
 def plan(
@@ -105,25 +100,30 @@ def plan(
     max_length: int,
     *,
     stride: int | None = None,
-    head: int = DEFAULT_HEAD,
+    head: int | None = None,
 ) -> WindowPlan:
     """The sequences to run for full-length token ids: one per text, except ``"window"`` which gives
-    as many as each text needs. ``stride`` defaults to half a window."""
+    as many as each text needs. ``stride`` defaults to half a window, ``head`` to a quarter of it."""
     check_strategy(strategy)
     if max_length < 3:
         raise InputError(f"max_length must leave room for [CLS], a token and [SEP], got {max_length}")
     if strategy == "truncate":
-        return WindowPlan([truncate(s, max_length) for s in sequences], np.arange(len(sequences)))
+        return WindowPlan.one_each([truncate(s, max_length) for s in sequences])
     if strategy == "head_tail":
-        return WindowPlan([head_tail(s, max_length, head) for s in sequences], np.arange(len(sequences)))
-    step = stride if stride is not None else (max_length - 2) // 2
+        head = default_head(max_length) if head is None else head
+        return WindowPlan.one_each([head_tail(s, max_length, head) for s in sequences])
+    width = max_length - 2
+    step = stride if stride is not None else width // 2
     out: list[list[int]] = []
     owner: list[int] = []
+    starts: list[int] = []
     for i, s in enumerate(sequences):
-        parts = windows(s, max_length, step)
-        out.extend(parts)
-        owner.extend([i] * len(parts))
-    return WindowPlan(out, np.asarray(owner, dtype=np.int64))
+        content = s[1:-1]
+        offsets = window_starts(len(content), width, step)
+        out.extend([s[0], *content[start:start + width], s[-1]] for start in offsets)
+        owner.extend([i] * len(offsets))
+        starts.extend(offsets)
+    return WindowPlan(out, np.asarray(owner, dtype=np.int64), np.asarray(starts, dtype=np.int64))
 
 
 def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: str = "mean") -> np.ndarray:

@@ -1,0 +1,134 @@
+"""Long reviews: accuracy and speed of each ``long_text`` strategy, and the cost of windowing.
+
+    python benchmarks/long_text.py                   # the default model, IMDb validation split + reviews/*.csv
+    python benchmarks/long_text.py --fraction 0.05   # a smaller split when time is short
+
+The validation split is carved out of ``../shared/data/imdb/train.csv`` (the model never saw IMDb) with
+``distilsent.data.split_examples(examples, fraction, seed)``; fraction 0.1 and seed 9 by default.
+For each data set: accuracy and texts/s with truncate, head_tail, window + mean and window + max, on the
+texts longer than 512 tokens and on all of them.
+
+Texts that fit in one window give the same single sequence under every strategy, so they are run once and
+their time is shared by every strategy; the texts over 512 tokens are run once per strategy (mean and max
+aggregate the same windows, so they share one run). A strategy's "all" figure is its long-text run plus the
+shared short-text run.
+
+Windowing cost: the ideal is texts/s in proportion to the tokens run, so ``efficiency`` =
+(window tokens / truncate tokens) / (window seconds / truncate seconds) on the long texts; 1.0 is ideal.
+Writes its section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from results import write_section  # benchmarks/results.py
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+RUNS = (("truncate", "mean"), ("head_tail", "mean"), ("window", "mean"), ("window", "max"))
+
+
+def timed(clf, texts, strategy, stride):
+    """Per-text probabilities of both aggregations, seconds, sequences and tokens run (the library's path:
+    encode, plan windows, run them under the token budget, aggregate)."""
+    from distilsent.long_text import aggregate
+
+    start = time.perf_counter()
+    window_plan = clf.windows(texts, long_text=strategy, stride=stride)
+    probs = clf.scores(clf.run(window_plan.sequences), "softmax")
+    out = {how: aggregate(probs, window_plan, len(texts), how) for how in ("mean", "max")}
+    seconds = time.perf_counter() - start
+    return out, seconds, len(window_plan.sequences), sum(len(s) for s in window_plan.sequences)
+
+
+def measure(clf, name, examples, stride):
+    texts = [e.text for e in examples]
+    labels = np.array([e.label for e in examples])
+    lengths = np.array([len(ids) for ids in clf.tokenizer.encode(texts, 10**9)])
+    long = np.flatnonzero(lengths > clf.max_length)
+    short = np.flatnonzero(lengths <= clf.max_length)
+    shared, short_seconds, _, short_tokens = timed(clf, [texts[i] for i in short], "truncate", stride)
+    rows = []
+    for strategy in ("truncate", "head_tail", "window"):
+        probs, seconds, sequences, tokens = timed(clf, [texts[i] for i in long], strategy, stride)
+        for how in ("mean", "max") if strategy == "window" else ("mean",):
+            right_long = probs[how].argmax(1) == labels[long]
+            right_short = shared["mean"].argmax(1) == labels[short]
+            rows.append({
+                "data": name, "strategy": strategy + (f" {how}" if strategy == "window" else ""),
+                "long": len(long), "all": len(texts),
+                "acc_long": float(right_long.mean()) if len(long) else float("nan"),
+                "acc_all": float((right_long.sum() + right_short.sum()) / len(texts)),
+                "tps_long": len(long) / seconds if len(long) else float("nan"),
+                "tps_all": len(texts) / (seconds + short_seconds),
+                "sequences": sequences, "tokens": tokens, "seconds": seconds,
+            })
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="checkpoint (default: the embedded model)")
+    parser.add_argument("--fraction", type=float, default=0.1, help="IMDb validation share (default 0.1)")
+    parser.add_argument("--seed", type=int, default=9, help="seed of the IMDb validation split (default 9)")
+    parser.add_argument("--stride", type=int, default=None, help="window stride (default: the library's)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    from distilsent import Classifier
+    from distilsent.data import read_examples, split_examples
+
+    if not (DATA / "imdb" / "train.csv").is_file():
+        raise SystemExit(f"no IMDb data at {DATA / 'imdb' / 'train.csv'}")
+    clf = Classifier.load(args.model, threads=args.threads)
+    _, validation = split_examples(read_examples(DATA / "imdb" / "train.csv"), args.fraction, args.seed)
+    sets = [(f"IMDb validation ({args.fraction:g}, seed {args.seed})", validation)]
+    sets += [(f"reviews/{p.name}", read_examples(p)) for p in sorted((DATA / "reviews").glob("*.csv"))]
+
+    rows = []
+    for name, examples in sets:
+        rows += measure(clf, name, examples, args.stride)
+        for row in rows[-4:]:
+            print(f"{row['data']:<32} {row['strategy']:<12} acc>512 {row['acc_long']:.4f} ({row['long']})  "
+                  f"acc all {row['acc_all']:.4f} ({row['all']})  texts/s >512 {row['tps_long']:.2f}  "
+                  f"all {row['tps_all']:.2f}", flush=True)
+
+    lines = [
+        f"Model: {clf.name}; window stride {args.stride or (clf.max_length - 2) // 2} tokens; head_tail "
+        f"128 + {clf.max_length - 2 - 128}. CPU: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores (shared with other work while measured). Texts <= {clf.max_length} tokens are "
+        "the same single sequence under every strategy: run once, their time shared.",
+        "",
+        "| data | strategy | accuracy > 512 tokens (n) | accuracy all (n) | texts/s > 512 | texts/s all |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['data']} | {r['strategy']} | {r['acc_long']:.4f} ({r['long']}) | {r['acc_all']:.4f} ({r['all']}) "
+        f"| {r['tps_long']:.2f} | {r['tps_all']:.2f} |"
+        for r in rows
+    ]
+    lines += ["", "Windowing cost on the texts over 512 tokens (ideal: seconds in proportion to tokens run):", "",
+              "| data | sequences truncate / window | tokens ratio | seconds ratio | efficiency |", "|---|---|---|---|---|"]
+    for name, _ in sets:
+        truncate = next(r for r in rows if r["data"] == name and r["strategy"] == "truncate")
+        window = next(r for r in rows if r["data"] == name and r["strategy"] == "window mean")
+        if not truncate["long"]:
+            continue
+        token_ratio = window["tokens"] / truncate["tokens"]
+        time_ratio = window["seconds"] / truncate["seconds"]
+        lines.append(f"| {name} | {truncate['sequences']} / {window['sequences']} | {token_ratio:.2f} "
+                     f"| {time_ratio:.2f} | {token_ratio / time_ratio:.2f} |")
+    print("\n".join(lines))
+    write_section("long_text", "## Long texts (benchmarks/long_text.py)\n\n" + "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
