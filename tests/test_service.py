@@ -52,7 +52,7 @@ async def running(load, ready: bool = True, **limits):
     app = create_app(ServiceSettings(**limits), load=load)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             client.app = app
             if ready:
                 await wait_ready(client)
@@ -375,10 +375,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(clf):
 
 
 def test_batch_plan_covers_every_text_within_the_limits_and_keeps_long_texts_apart():
-    from distilsent.batcher import plan
+    from distilsent.classifier import plan_batches as plan
 
     lengths = [250] * 8 + [25] * 72 + [600]  # paragraphs, sentences and one text over the budget
-    batches = plan(lengths, max_batch_size=64, max_batch_tokens=8192)
+    batches = plan(lengths, batch_size=64, max_batch_tokens=8192)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
     for batch in batches:
         width = max(lengths[i] for i in batch)
@@ -416,7 +416,7 @@ def test_shutdown_finishes_in_flight_requests_and_refuses_new_ones(clf):
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             client.app = app
             await wait_ready(client)
             in_flight = [asyncio.create_task(client.post("/", json={"inputs": t})) for t in TEXTS[:4]]
@@ -492,8 +492,10 @@ def test_serve_verb_passes_its_options_to_the_service(monkeypatch):
     monkeypatch.setattr(service, "serve", lambda settings, **options: seen.update(settings=settings, **options))
     assert main(["serve", "--model", "m", "--backend", "onnx", "--workers", "2", "--port", "9000",
                  "--max-batch-tokens", "4096", "--max-wait-ms", "2.5"]) == 0
-    assert seen["settings"] == ServiceSettings(model="m", backend="onnx", max_batch_tokens=4096, max_wait_ms=2.5)
-    assert seen["workers"] == 2 and seen["port"] == 9000 and seen["host"] == "127.0.0.1"
+    assert seen["settings"] == ServiceSettings(
+        model="m", backend="onnx", workers=2, port=9000, max_batch_tokens=4096, max_wait_ms=2.5
+    )
+    assert seen["settings"].host == "127.0.0.1" and seen["log_level"] == "info"
 
 
 def test_without_the_server_dependencies_the_library_imports_and_serve_says_what_to_install():

@@ -1,21 +1,26 @@
 """Dynamic batching: texts of concurrent requests are merged into batches and run off the event loop.
 
-Requests submit tokenized texts and await their logits. One worker task waits for work, lets more
-arrive for at most ``max_wait`` seconds (or until a batch's worth of tokens is queued), then takes
-everything queued, cuts it into length-sorted batches under the token budget (as ``Classifier.logits``
-does offline, but cut to suit a few dozen texts, see :func:`plan`) and runs them back to back on a
-single inference thread; the backend uses every core it was given, so running two batches at once
-would only make them compete. Meanwhile the event loop keeps accepting and tokenizing requests,
-which become the next batches.
+Requests submit token id lists and await their logits. One worker task waits for work, lets more
+arrive for at most ``max_wait_ms`` (or until a batch's worth of tokens is queued), then takes a round
+of at most two batches' worth of tokens, one text from each waiting request in turn, so that a small
+request is never stuck behind a big one for longer than a round. The round is cut into batches by
+``Classifier.plan`` (the planner offline use has too) and run back to back by ``Classifier.run_batch``
+on a single inference thread; the backend uses every core it was given, so running two batches at
+once would only make them compete. Meanwhile the event loop keeps accepting and tokenizing requests.
 
-Admission is bounded: at most ``max_queue_texts`` texts are admitted (queued or being computed) at
-once, beyond which ``submit`` raises :class:`QueueFullError` instead of letting memory grow.
+Admission is bounded by texts and by tokens (``max_queue_texts``, ``max_queue_tokens``): past them
+``submit`` raises :class:`QueueFullError` instead of letting memory grow.
+
+Nothing can strand a request: a request whose caller goes away leaves the queue at once; a batch that
+fails fails only the requests whose texts make it fail; anything else that goes wrong in a round fails
+that round's requests with :class:`BatcherFailure` and the worker goes on; if the worker itself ends,
+every waiting request fails and :attr:`Batcher.alive` turns false (the service's ``/health`` says 503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,38 +29,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .classifier import Classifier
-from .errors import QueueFullError, ShuttingDownError
+from .errors import BatcherFailure, QueueFullError, ShuttingDownError
+from .service_settings import DEFAULTS, ServiceSettings
 
-# The fixed cost of one backend call, in tokens' worth of compute. It weighs fewer, fuller batches
-# against the padding that mixing lengths costs; a few dozen tokens is a call's overhead on a CPU.
-BATCH_OVERHEAD_TOKENS = 32
+log = logging.getLogger("distilsent.batcher")
 
-
-def plan(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Indices of each batch, longest first, cut to minimise padded tokens plus a fixed cost per batch.
-
-    Offline, ``plan_batches`` fills batches greedily over thousands of texts, so similar lengths meet.
-    A server batches the few dozen texts that arrived together: filled greedily, one long paragraph
-    would pad thirty short sentences to its length. Over texts sorted by length the best cut is a
-    small dynamic programme (at most ``max_batch_size`` steps per text).
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    cost = [0.0] + [math.inf] * len(order)  # cost[end]: best cost of batching order[:end]
-    cut = [0] * (len(order) + 1)  # where the last batch of that best plan starts
-    for end in range(1, len(order) + 1):
-        for start in range(end - 1, max(-1, end - 1 - max_batch_size), -1):
-            size, width = end - start, lengths[order[start]]  # order[start] is the batch's longest
-            if size > 1 and size * width > max_batch_tokens:
-                break  # starting earlier only adds longer texts
-            total = cost[start] + BATCH_OVERHEAD_TOKENS + size * width
-            if total < cost[end]:
-                cost[end], cut[end] = total, start
-    batches, end = [], len(order)
-    while end:
-        batches.append(order[cut[end] : end])
-        end = cut[end]
-    return batches[::-1]
-
+# Tokens a round may take, in batches' worth: enough for the planner to group similar lengths, few
+# enough that a request arriving behind a big one is served after about this many batches.
+ROUND_BATCHES = 2
 
 # texts in the batch, padded tokens, seconds each text waited in the queue, seconds of inference
 BatchObserver = Callable[[int, int, Sequence[float], float], None]
@@ -69,49 +50,54 @@ class _Job:
     future: asyncio.Future
     logits: np.ndarray
     enqueued: float = field(default_factory=time.perf_counter)
-    remaining: int = 0
+    next: int = 0  # first text not yet taken into a round
+    released: list[bool] = field(default_factory=list)  # per text: delivered or dropped, admission given back
 
     def __post_init__(self) -> None:
-        self.remaining = len(self.sequences)
+        self.released = [False] * len(self.sequences)
 
 
 class Batcher:
     def __init__(
-        self,
-        classifier: Classifier,
-        *,
-        max_batch_tokens: int = 8192,
-        max_batch_size: int = 64,
-        max_wait: float = 0.005,
-        max_queue_texts: int = 2048,
-        on_batch: BatchObserver | None = None,
+        self, classifier: Classifier, settings: ServiceSettings = DEFAULTS, on_batch: BatchObserver | None = None
     ):
-        if max_batch_tokens < 1 or max_batch_size < 1 or max_queue_texts < 1 or max_wait < 0:
-            raise ValueError("batch limits must be positive and max_wait non-negative")
         self.classifier = classifier
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait
-        self.max_queue_texts = max_queue_texts
+        self.max_batch_tokens = settings.max_batch_tokens
+        self.max_batch_size = settings.max_batch_size
+        self.max_wait = settings.max_wait_ms / 1000
+        self.max_queue_texts = settings.max_queue_texts
+        self.max_queue_tokens = settings.max_queue_tokens
         self._on_batch = on_batch or (lambda *_: None)
-        self._queue: list[tuple[_Job, int]] = []  # (job, index of the text in the job), arrival order
-        self._queued_tokens = 0
-        self.admitted = 0  # texts queued or being computed, bounded by max_queue_texts
+        self._jobs: list[_Job] = []  # jobs with texts not yet taken, in arrival order
+        self._queued_tokens = 0  # tokens of the texts not yet taken
+        self.admitted = 0  # texts queued or being computed
+        self.admitted_tokens = 0
         self._wakeup = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distilsent-inference")
         self._worker: asyncio.Task | None = None
+        self.failure: str | None = None  # why the worker ended, when it did
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="distilsent-batcher")
+        self._worker.add_done_callback(self._worker_ended)
+
+    @property
+    def alive(self) -> bool:
+        return self._worker is not None and not self._worker.done()
 
     async def submit(self, sequences: list[list[int]]) -> np.ndarray:
-        """Logits (n, labels) for the texts' token ids, in their order."""
+        """Logits (n, labels) for the texts' token ids, in their order. Cancelling the call drops the
+        texts not yet computed."""
         if self._closing:
             raise ShuttingDownError("the server is shutting down")
-        if self.admitted + len(sequences) > self.max_queue_texts:
+        if not self.alive:
+            raise BatcherFailure(self.failure or "the batcher is not running")
+        tokens = sum(len(s) for s in sequences)
+        if self.admitted + len(sequences) > self.max_queue_texts or self.admitted_tokens + tokens > self.max_queue_tokens:
             raise QueueFullError(
-                f"queue full ({self.admitted} of {self.max_queue_texts} texts admitted); retry later"
+                f"queue full ({self.admitted} texts, {self.admitted_tokens} tokens admitted; limits "
+                f"{self.max_queue_texts} texts, {self.max_queue_tokens} tokens); retry later"
             )
         job = _Job(
             sequences,
@@ -121,40 +107,95 @@ class Batcher:
         if not sequences:
             return job.logits
         self.admitted += len(sequences)
-        self._queue.extend((job, i) for i in range(len(sequences)))
-        self._queued_tokens += sum(len(s) for s in sequences)
+        self.admitted_tokens += tokens
+        self._jobs.append(job)
+        self._queued_tokens += tokens
         self._wakeup.set()
         try:
-            # shield: a caller that goes away must not cancel the future other code still completes
+            # shield: the future is the batcher's; a caller that goes away is handled below
             return await asyncio.shield(job.future)
         finally:
-            if not job.future.done():
+            if not job.future.done():  # the caller went away: its texts not yet computed are dropped
                 job.future.cancel()
+                self._unqueue(job)
 
-    async def close(self) -> None:
-        """Stop accepting work, finish every admitted text, then stop the worker and its thread."""
+    def _unqueue(self, job: _Job) -> None:
+        """Forget the texts of ``job`` not yet taken into a round (those in a round end with it)."""
+        if job in self._jobs:
+            self._jobs.remove(job)
+            self._queued_tokens -= sum(len(s) for s in job.sequences[job.next :])
+            for i in range(job.next, len(job.sequences)):
+                self._release(job, i)
+
+    def _release(self, job: _Job, i: int) -> None:
+        """Give back the admission of text ``i`` of ``job``, once, whichever way it ended."""
+        if not job.released[i]:
+            job.released[i] = True
+            self.admitted -= 1
+            self.admitted_tokens -= len(job.sequences[i])
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting work and finish what is admitted, for at most ``timeout`` seconds; then fail
+        whatever is left with :class:`ShuttingDownError` and stop the worker."""
         self._closing = True
         self._wakeup.set()
-        if self._worker is not None:
-            await self._worker
-        self._executor.shutdown(wait=True)
+        if self._worker is not None and not self._worker.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
+            except asyncio.TimeoutError:
+                self._worker.cancel()
+                try:
+                    await self._worker
+                except asyncio.CancelledError:
+                    pass
+        # A batch already on the inference thread cannot be interrupted; do not wait for it.
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _worker_ended(self, worker: asyncio.Task) -> None:
+        if worker.cancelled():
+            reason = "the batcher was stopped"
+        elif worker.exception() is not None:
+            reason = f"the batcher failed: {worker.exception()!r}"
+            log.error("%s", reason, exc_info=worker.exception())
+        else:
+            return  # closed cleanly: nothing is left
+        self.failure = reason
+        error = ShuttingDownError("the server is shutting down") if self._closing else BatcherFailure(reason)
+        for job in list(self._jobs):
+            self._fail(job, error)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
+            if not self._jobs:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             await self._gather()
-            taken, self._queue, self._queued_tokens = self._queue, [], 0
-            await loop.run_in_executor(self._executor, self._compute, taken, loop)
+            taken = self._take()
+            try:
+                await loop.run_in_executor(self._executor, self._compute, taken, loop)
+            except BaseException as error:  # outside any one batch (planning, the thread): the server's fault
+                if isinstance(error, asyncio.CancelledError):
+                    failure: Exception = ShuttingDownError("the server is shutting down")
+                else:
+                    log.exception("a round of batches failed")
+                    failure = BatcherFailure(f"inference failed: {error!r}")
+                for job, _ in taken:
+                    self._fail(job, failure)
+                if not isinstance(error, Exception):
+                    raise
+            finally:
+                # Texts of this round that were not delivered (their caller went away, or they failed)
+                # give their admission back now.
+                for job, i in taken:
+                    self._release(job, i)
 
     async def _gather(self) -> None:
         """Let more texts join until the oldest has waited ``max_wait`` or a full batch is queued."""
-        deadline = self._queue[0][0].enqueued + self.max_wait
+        deadline = self._jobs[0].enqueued + self.max_wait
         while not self._closing and self._queued_tokens < self.max_batch_tokens:
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -165,20 +206,42 @@ class Batcher:
             except asyncio.TimeoutError:
                 return
 
+    def _take(self) -> list[tuple[_Job, int]]:
+        """A round: one text from each waiting job in turn, up to ``ROUND_BATCHES`` batches of tokens."""
+        budget = ROUND_BATCHES * self.max_batch_tokens
+        taken: list[tuple[_Job, int]] = []
+        tokens = 0
+        while self._jobs:
+            for job in list(self._jobs):
+                length = len(job.sequences[job.next])
+                if taken and tokens + length > budget:
+                    self._queued_tokens -= tokens
+                    return taken
+                taken.append((job, job.next))
+                tokens += length
+                job.next += 1
+                if job.next == len(job.sequences):
+                    self._jobs.remove(job)
+        self._queued_tokens -= tokens
+        return taken
+
     def _compute(self, taken: list[tuple[_Job, int]], loop: asyncio.AbstractEventLoop) -> None:
         """On the inference thread: every batch of ``taken``, back to back. Results go to the event loop
         as each batch ends, but the next batch does not wait for the loop, which may be busy with HTTP."""
-        lengths = [len(job.sequences[i]) for job, i in taken]
-        for batch in plan(lengths, self.max_batch_size, self.max_batch_tokens):
-            self._run_batch([taken[k] for k in batch], loop)
+        plan = self.classifier.plan(
+            [len(job.sequences[i]) for job, i in taken], batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens
+        )
+        for batch in plan:
+            items = [taken[k] for k in batch if not taken[k][0].future.done()]  # skip callers gone or failed
+            if items:
+                self._run_batch(items, loop)
 
     def _run_batch(self, items: list[tuple[_Job, int]], loop: asyncio.AbstractEventLoop) -> None:
         started = time.perf_counter()
         sequences = [job.sequences[i] for job, i in items]
         try:
-            ids, mask = self.classifier.tokenizer.pad(sequences)
-            logits = self.classifier.backend.logits(ids, mask)
-        except Exception as error:
+            logits = self.classifier.run_batch(sequences)
+        except Exception as error:  # noqa: BLE001 - the texts may be at fault: find whose
             # Do not let one request's texts fail the others: rerun each request's share on its own,
             # so only the requests whose texts still fail receive the error.
             by_job: dict[_Job, list[tuple[_Job, int]]] = {}
@@ -188,23 +251,26 @@ class Batcher:
                 for share in by_job.values():
                     self._run_batch(share, loop)
             else:
-                loop.call_soon_threadsafe(self._finish, items[0][0], len(items), error)
+                loop.call_soon_threadsafe(self._fail, items[0][0], error)
             return
         seconds = time.perf_counter() - started
-        loop.call_soon_threadsafe(self._deliver, items, logits, ids.size, started, seconds)
+        tokens = len(sequences) * max(len(s) for s in sequences)
+        loop.call_soon_threadsafe(self._deliver, items, logits, tokens, started, seconds)
 
     def _deliver(self, items: list[tuple[_Job, int]], logits: np.ndarray, tokens: int, started: float, seconds: float) -> None:
-        self._on_batch(len(items), tokens, [started - job.enqueued for job, _ in items], seconds)
+        """On the event loop: hand each text its logits, then tell the observer (which may fail)."""
         for (job, i), row in zip(items, logits):
             job.logits[i] = row
-            self._finish(job, 1)
+            self._release(job, i)
+            if all(job.released) and not job.future.done():
+                job.future.set_result(job.logits)
+        try:
+            self._on_batch(len(items), tokens, [started - job.enqueued for job, _ in items], seconds)
+        except Exception:  # noqa: BLE001 - metrics must never cost a request its answer
+            log.exception("the batch observer failed")
 
-    def _finish(self, job: _Job, count: int, error: Exception | None = None) -> None:
-        job.remaining -= count
-        self.admitted -= count
-        if job.future.done():  # already failed, or its caller went away
-            return
-        if error is not None:
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        """Fail a request. Its queued texts give their admission back now, those in a round when it ends."""
+        if not job.future.done():
             job.future.set_exception(error)
-        elif job.remaining == 0:
-            job.future.set_result(job.logits)
+        self._unqueue(job)

@@ -7,6 +7,7 @@ prediction with the ONNX backend start fast.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -174,22 +175,14 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from .service import ServiceSettings, serve
+    from .service_settings import ServiceSettings
 
-    settings = ServiceSettings(
-        model=args.model,
-        backend=args.backend,
-        threads=args.threads,
-        max_batch_tokens=args.max_batch_tokens,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        max_queue_texts=args.max_queue_texts,
-        max_request_texts=args.max_request_texts,
-        max_concurrent_requests=args.max_concurrent_requests,
-        max_body_bytes=args.max_body_bytes,
-    )
-    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-          shutdown_timeout=args.shutdown_timeout)
+    options = {setting.name: getattr(args, setting.name) for setting in dataclasses.fields(ServiceSettings)}
+    options["allowed_hosts"] = tuple(options["allowed_hosts"] or ())
+    settings = ServiceSettings(**options)
+    from .service import serve
+
+    serve(settings, log_level=args.log_level)
 
 
 def cmd_bias_probe(args: argparse.Namespace) -> None:
@@ -281,8 +274,8 @@ EXAMPLES = {
   distilsent score s3://bucket/reviews.parquet s3://bucket/scored --engine ray --address auto --shards""",
     "serve": """examples:
   distilsent serve --port 8000
-  curl -s localhost:8000/ -d '{"inputs": "a gripping, beautiful film", "parameters": {"top_k": null}}'
-  distilsent serve --model ./my-model --host 0.0.0.0 --workers 2 --max-wait-ms 2""",
+  curl -s localhost:8000/ -H 'content-type: application/json' -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
+  distilsent serve --model ./my-model --host 0.0.0.0 --allowed-hosts api.example.com --workers 2 --max-wait-ms 2""",
 }
 
 
@@ -290,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import FORMATS
     from .backends import BACKENDS
+    from .service_settings import ServiceSettings
 
     parser = argparse.ArgumentParser(
         prog="distilsent",
@@ -390,27 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")
-    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
-    p.add_argument("--backend", default=None, help="inference backend (default: the library's default)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=_positive_int, default=8000, help="port (default: 8000)")
-    p.add_argument("--workers", type=_positive_int, default=1,
-                   help="processes, each with its own model and batcher; CPU threads are split between them")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per worker (default: cores / workers)")
-    p.add_argument("--max-batch-tokens", type=_positive_int, default=8192, help="padded tokens per batch (default: 8192)")
-    p.add_argument("--max-batch-size", type=_positive_int, default=64, help="texts per batch (default: 64)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a queued text waits for others to join its batch (default: 5)")
-    p.add_argument("--max-queue-texts", type=_positive_int, default=2048,
-                   help="texts queued or computing before new requests get 429 (default: 2048)")
-    p.add_argument("--max-request-texts", type=_positive_int, default=256,
-                   help="texts in one request before 413 (default: 256)")
-    p.add_argument("--max-concurrent-requests", type=_positive_int, default=512,
-                   help="requests in progress before 429 (default: 512)")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
-                   help="request body size before 413 (default: 1 MiB)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="seconds to finish in-flight requests after SIGTERM (default: 30)")
+    for setting in dataclasses.fields(ServiceSettings):  # one source for the service's options and defaults
+        flag, help = "--" + setting.name.replace("_", "-"), setting.metadata["help"]
+        if setting.metadata.get("multiple"):
+            p.add_argument(flag, action="append", metavar="NAME", help=f"{help}; repeat for more")
+        else:
+            shown = "" if setting.default is None or "(default" in help else f" (default: {setting.default})"
+            p.add_argument(flag, type=setting.metadata.get("type", type(setting.default)), default=setting.default,
+                           help=help + shown)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=cmd_serve)
 

@@ -35,3 +35,12 @@ class QueueFullError(DistilsentError):
 
 class ShuttingDownError(DistilsentError):
     """The service's batcher is closing and accepts no new work."""
+
+
+class DistilsentWarning(UserWarning):
+    """Something distilsent did differently from what was asked, and why; the command line prints it as one
+    ``distilsent: warning: ...`` line."""
+
+
+class BatcherFailure(DistilsentError):
+    """The service's batcher failed outside any one request's texts: the server is at fault, not the request."""

@@ -1,17 +1,23 @@
 """HTTP service: one model behind Hugging Face Inference API and TEI compatible routes, batched across requests.
 
-- ``POST /`` and ``POST /predict`` take ``{"inputs": str | [str], ...}``. A body with ``parameters`` is a
-  Hugging Face Inference API call and is answered in the shapes of ``pipeline("text-classification")``;
-  a body with ``raw_scores`` or ``truncate`` is a text-embeddings-inference (TEI) call and is answered
-  as TEI does (every label, best first, per text). A body with neither gets the shape its route is known
-  for: Hugging Face on ``/``, TEI on ``/predict``. A list of strings is always a batch of texts.
-- ``GET /health`` (200 once the model is loaded, 503 before), ``GET /info``, ``GET /metrics``
-  (Prometheus), ``/docs`` and ``/openapi.json``.
-- Every error is ``{"error": message, "error_type": kind}``: 422 invalid body or text too long without
-  truncation, 413 body or batch over the limits, 429 queue full, 503 loading or shutting down; 500 only
-  when the backend itself fails, and then only for the requests whose texts make it fail.
+- ``POST /`` and ``POST /predict`` take ``{"inputs": str | [str], ...}`` as ``application/json``. A body
+  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered in the shapes
+  of ``pipeline("text-classification")``; a body with ``raw_scores`` or ``truncate`` is a
+  text-embeddings-inference (TEI) call and is answered as TEI does (every label, best first, per text).
+  A body with neither gets the shape its route is known for: Hugging Face on ``/``, TEI on ``/predict``.
+  A body with both is invalid. A list of strings is always a batch of texts.
+- ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
+  ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
+  ``/openapi.json``.
+- Every error is ``{"error": message, "error_type": kind}``: 400 Host not allowed, 408 body too slow,
+  413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without truncation,
+  429 queue full or too many requests, 503 loading, failed or shutting down (429 and 503 carry
+  ``Retry-After``); 500 only when the backend fails on a request's texts, and only for that request.
+  A client that hangs up is logged and counted as 499, not as a server error.
 
-Requests are tokenized on arrival and batched by :class:`~distilsent.batcher.Batcher`.
+The service maps HTTP onto the classifier's steps: ``encode`` here (on a small thread pool for large
+payloads), ``plan`` and ``run_batch`` in :class:`~distilsent.batcher.Batcher`, ``scores`` and ``format``
+here. Every setting and its default is in :class:`~distilsent.service_settings.ServiceSettings`.
 """
 
 from __future__ import annotations
@@ -21,31 +27,39 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
-from .errors import InputError, MissingDependencyError, QueueFullError, ShuttingDownError
+from .errors import (
+    BatcherFailure, CheckpointError, DistilsentError, InputError, MissingDependencyError, QueueFullError,
+    ShuttingDownError,
+)
 
 try:
     import prometheus_client
     import uvicorn
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+    from fastapi_offline import FastAPIOffline
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
     from starlette.exceptions import HTTPException
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError as e:
     raise MissingDependencyError(
-        f"the HTTP service needs FastAPI, uvicorn and prometheus_client ({e.name} is missing): "
-        "pip install 'distilsent[serve]'"
+        f"the HTTP service needs FastAPI, uvicorn[standard], prometheus_client and fastapi-offline "
+        f"({e.name} is missing): pip install 'distilsent[serve]'"
     ) from None
 
 from .batcher import Batcher
-from .classifier import FUNCTIONS, Classifier, format_scores
+from .classifier import FUNCTIONS, Classifier
+from .service_settings import ServiceSettings
+
+__all__ = ["ServiceSettings", "create_app", "serve"]
 
 log = logging.getLogger("distilsent.service")
 access_log = logging.getLogger("distilsent.access")
@@ -53,34 +67,9 @@ access_log = logging.getLogger("distilsent.access")
 SETTINGS_ENV = "DISTILSENT_SERVE_SETTINGS"  # how `serve --workers N` hands its settings to each worker
 ROUTES = ("/", "/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
 METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
-# Payloads this large are tokenized on a thread so they do not hold up every other request.
+# Payloads this large are tokenized on the tokenizer threads so they do not hold up every other request.
 THREADED_TOKENIZE_CHARS = 16_384
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What the service loads and the limits it enforces (run-time options, not saved with a model)."""
-
-    model: str | None = None  # checkpoint directory or Hub id; None: the embedded default model
-    backend: str | None = None  # None: Classifier.load's default
-    threads: int | None = None
-    max_batch_tokens: int = 8192  # padded tokens per batch
-    max_batch_size: int = 64  # texts per batch
-    max_wait_ms: float = 5.0  # how long the first queued text waits for others to join its batch
-    max_queue_texts: int = 2048  # texts admitted (queued or computing) before 429
-    max_request_texts: int = 256  # texts in one request before 413
-    max_concurrent_requests: int = 512  # requests being read or served before 429
-    max_body_bytes: int = 1 << 20  # request body size before 413
-
-    def __post_init__(self) -> None:
-        limits = [f.name for f in dataclasses.fields(self) if f.name.startswith("max_") and f.name != "max_wait_ms"]
-        bad = [name for name in limits if not getattr(self, name) > 0]
-        if bad:
-            raise InputError(f"{', '.join(bad)} must be positive")
-        if not self.max_wait_ms >= 0:
-            raise InputError(f"max_wait_ms must be 0 or more, got {self.max_wait_ms}")
-        if self.max_request_texts > self.max_queue_texts:
-            raise InputError("max_request_texts cannot exceed max_queue_texts: such a request could never run")
+RETRY_AFTER_S = {429: 1, 503: 5}  # what 429 and 503 tell clients to wait before retrying
 
 
 # ---------------------------------------------------------------------------------------------- bodies
@@ -97,17 +86,30 @@ class Parameters(BaseModel):
     truncation: StrictBool = Field(default=False, description="cut texts over the maximum length instead of 422")
 
 
-class PredictRequest(BaseModel):
-    """Hugging Face Inference API body (``parameters``, ``options``) or TEI body (``raw_scores``, ``truncate``)."""
+INPUTS = Field(description="a text, or a list of texts (a batch, never a pair)")
+
+
+class HuggingFaceRequest(BaseModel):
+    """Hugging Face Inference API body."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: StrictStr | list[StrictStr] = Field(description="a text, or a list of texts (a batch, never a pair)")
+    inputs: StrictStr | list[StrictStr] = INPUTS
     parameters: Parameters | None = None
     options: dict[str, Any] | None = Field(
         default=None, description="Hugging Face Inference API options (wait_for_model, use_cache): accepted, ignored"
     )
-    raw_scores: StrictBool | None = Field(default=None, description="TEI: logits instead of probabilities")
-    truncate: StrictBool | None = Field(default=None, description="TEI: cut texts over the maximum length")
+
+
+class TeiRequest(BaseModel):
+    """text-embeddings-inference ``/predict`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: StrictStr | list[StrictStr] = INPUTS
+    raw_scores: StrictBool | None = Field(default=None, description="logits instead of probabilities")
+    truncate: StrictBool | None = Field(default=None, description="cut texts over the maximum length")
+
+
+PredictRequest = TypeAdapter(Union[HuggingFaceRequest, TeiRequest])
 
 
 class ErrorBody(BaseModel):
@@ -122,6 +124,27 @@ class ServiceError(Exception):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
+
+
+def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
+    """The body as one of the two APIs; any malformed JSON (invalid UTF-8, too deep, ...) is a 422."""
+    try:
+        return PredictRequest.validate_json(raw)
+    except ValidationError as e:
+        problems = []
+        for problem in e.errors(include_input=False)[:6]:
+            if problem["type"] == "json_invalid":
+                return_error = problem.get("ctx", {}).get("error", "malformed")
+                raise ServiceError(422, "validation", f"body is not valid JSON ({return_error})") from None
+            if problem["type"] in ("model_type", "model_attributes_type"):
+                problems.append("body: expected a JSON object")
+                continue
+            # loc starts with the union member tried: say which API's field is wrong
+            api, *where = problem["loc"]
+            api = "Hugging Face" if api == HuggingFaceRequest.__name__ else "TEI"
+            problems.append(f"{'.'.join(str(w) for w in where) or 'body'}: {problem['msg']} ({api} body)")
+        unique = list(dict.fromkeys(problems))
+        raise ServiceError(422, "validation", "; ".join(unique) or "invalid request body") from None
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -157,6 +180,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
         )
         self.admitted = Gauge("distilsent_admitted_texts", "Texts queued or being computed", registry=r)
+        self.admitted_tokens = Gauge("distilsent_admitted_tokens", "Tokens queued or being computed", registry=r)
 
     def on_batch(self, texts: int, tokens: int, waits, seconds: float) -> None:
         self.texts.inc(texts)
@@ -167,9 +191,12 @@ class Metrics:
             self.queue_seconds.observe(wait)
 
 
-def error_response(metrics: Metrics, status: int, error_type: str, message: str) -> JSONResponse:
+def error_response(metrics: Metrics, status: int, error_type: str, message: str, close: bool = False) -> JSONResponse:
     metrics.errors.labels(error_type).inc()
-    return JSONResponse({"error": message, "error_type": error_type}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S[status])} if status in RETRY_AFTER_S else {}
+    if close:  # the rest of the request was not read: the connection cannot carry another one
+        headers["Connection"] = "close"
+    return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------- middleware
@@ -186,7 +213,8 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        status = 500  # what the client sees if the app ends without a response
+        status = None
+        disconnected = False
 
         async def send_status(message) -> None:
             nonlocal status
@@ -194,10 +222,18 @@ class AccessLog:
                 status = message["status"]
             await send(message)
 
+        async def receive_seen():
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_seen, send_status)
         finally:
             seconds = time.perf_counter() - started
+            if status is None:  # no response: the client hung up (499, as nginx logs it), else a server fault
+                status = 499 if disconnected else 500
             # Unknown paths and methods share one label value so that scanners cannot grow the metrics.
             route = scope["path"] if scope["path"] in ROUTES else "other"
             method = scope["method"] if scope["method"] in METHODS else "other"
@@ -215,11 +251,22 @@ class AccessLog:
                 }))
 
 
-class Limits:
-    """For POST: 429 past ``max_concurrent_requests``, 413 past ``max_body_bytes``, before any parsing.
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
-    The body is read here, counting, so a client cannot make the server buffer more than the limit;
-    it is then handed on as JSON.
+
+class Limits:
+    """What a request must pass before the app sees it.
+
+    Every request: its ``Host`` must be allowed (DNS rebinding). A POST: its body must be JSON (415; a
+    page on another site can post forms and text to a local server without asking, but not JSON), at
+    most ``max_body_bytes`` (413 from ``Content-Length`` at once, else while reading), and fully received
+    within ``body_timeout`` (408). Only then is it counted against ``max_concurrent_requests`` (429):
+    clients trickling their bodies hold no slot. A request cut off by the server's shutdown deadline
+    gets a JSON 503 instead of uvicorn's bare 500.
     """
 
     def __init__(self, app, settings: ServiceSettings, metrics: Metrics):
@@ -228,42 +275,80 @@ class Limits:
         self.metrics = metrics
         self.active = 0
 
+    def reject(self, status: int, error_type: str, message: str, close: bool = False):
+        return error_response(self.metrics, status, error_type, message, close)
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        s = self.settings
+        host = (_header(scope, b"host") or b"").decode("latin-1")
+        if not s.host_allowed(host):
+            message = f"Host {host!r} is not served here; allow it with --allowed-hosts"
+            return await self.reject(400, "bad_host", message, close=True)(scope, receive, send)
         if scope["method"] != "POST":  # no body to hold; probes must answer even when requests pile up
             return await self.app(scope, receive, send)
-        limit = self.settings.max_body_bytes
-        if self.active >= self.settings.max_concurrent_requests:
-            message = f"too many concurrent requests (limit {self.settings.max_concurrent_requests}); retry later"
-            return await error_response(self.metrics, 429, "overloaded", message)(scope, receive, send)
-        self.active += 1
-        try:
-            body = bytearray()
+        content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json" and not content_type.endswith(b"+json"):
+            message = "the body must be JSON sent as Content-Type: application/json"
+            return await self.reject(415, "unsupported_media_type", message, close=True)(scope, receive, send)
+        too_large = f"request body over the limit of {s.max_body_bytes} bytes"
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+            return await self.reject(413, "too_large", too_large, close=True)(scope, receive, send)
+
+        body = bytearray()
+
+        async def read() -> bool:
+            """The whole body into ``body``; False if the client hung up or sent too much."""
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                if len(body) > limit:
-                    text = f"request body over the limit of {limit} bytes"
-                    return await error_response(self.metrics, 413, "too_large", text)(scope, receive, send)
+                    return False
+                body.extend(message.get("body", b""))
+                if len(body) > s.max_body_bytes:
+                    return False
                 if not message.get("more_body", False):
-                    break
-            # Every POST body is JSON, whatever Content-Type says: `curl -d` sends a form type and would
-            # otherwise get a confusing "not an object" error for a well-formed JSON body.
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
-            replayed = False
+                    return True
 
-            async def replay():
-                nonlocal replayed
-                if replayed:
-                    return await receive()
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
+        try:
+            complete = await asyncio.wait_for(read(), s.body_timeout)
+        except asyncio.TimeoutError:
+            message = f"request body not received within {s.body_timeout:g} s"
+            return await self.reject(408, "timeout", message, close=True)(scope, receive, send)
+        if not complete:
+            if len(body) > s.max_body_bytes:
+                return await self.reject(413, "too_large", too_large, close=True)(scope, receive, send)
+            return  # the client hung up: nobody to answer (the access log records 499)
+        if self.active >= s.max_concurrent_requests:
+            message = f"too many concurrent requests (limit {s.max_concurrent_requests}); retry later"
+            return await self.reject(429, "overloaded", message)(scope, receive, send)
 
-            await self.app(scope, replay, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body only a disconnect can come
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        started = False
+
+        async def send_started(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.active += 1
+        try:
+            await self.app(scope, replay, send_started)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests that outlast the shutdown timeout; answer them properly.
+            if started:
+                raise
+            message = "the server is shutting down; retry on another instance or later"
+            await self.reject(503, "unhealthy", message, close=True)(scope, receive, send)
         finally:
             self.active -= 1
 
@@ -282,95 +367,103 @@ class Service:
         self.batcher: Batcher | None = None
         self.failure: str | None = None
         self.closing = False
+        # Bounds how many tokenizations run at once: each holds a payload's encodings in memory.
+        self._tokenizers = ThreadPoolExecutor(settings.tokenize_threads, thread_name_prefix="distilsent-tokenize")
 
     async def start(self) -> None:
         try:
             classifier = await asyncio.to_thread(self._load)
         except Exception as e:  # noqa: BLE001 - any load failure is reported by /health, not a crash
-            log.exception("model failed to load")
+            log.error("model failed to load: %s", e)
             self.failure = f"model failed to load: {e}"
             return
-        s = self.settings
-        self.batcher = Batcher(
-            classifier,
-            max_batch_tokens=s.max_batch_tokens,
-            max_batch_size=s.max_batch_size,
-            max_wait=s.max_wait_ms / 1000,
-            max_queue_texts=s.max_queue_texts,
-            on_batch=self.metrics.on_batch,
-        )
+        self.batcher = Batcher(classifier, self.settings, on_batch=self.metrics.on_batch)
         self.batcher.start()
         self.metrics.admitted.set_function(lambda: self.batcher.admitted)
+        self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
         self.classifier = classifier
         log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
 
     async def stop(self) -> None:
         self.closing = True
         if self.batcher is not None:
-            await self.batcher.close()
+            await self.batcher.close(self.settings.shutdown_timeout)
+        self._tokenizers.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> Classifier:
         if self.closing:
             raise ServiceError(503, "unhealthy", "the server is shutting down")
         if self.classifier is None:
             raise ServiceError(503, "unhealthy", self.failure or "the model is loading; retry shortly")
+        if not self.batcher.alive:
+            raise ServiceError(503, "unhealthy", self.batcher.failure or "the batcher is not running")
         return self.classifier
 
-    async def predict(self, body: PredictRequest, default: Literal["hf", "tei"]) -> Any:
+    async def predict(self, request: Request, default: Literal["hf", "tei"]) -> Any:
         classifier = self.ready()
-        hf = body.parameters is not None or body.options is not None
-        tei = body.raw_scores is not None or body.truncate is not None
-        if hf and tei:
-            raise ServiceError(
-                422, "validation",
-                "mix of Hugging Face (parameters, options) and TEI (raw_scores, truncate) fields; use one API",
-            )
-        style = "hf" if hf else "tei" if tei else default
+        body = parse_body(await request.body())
+        fields = body.model_fields_set - {"inputs"}
+        style = default if not fields else "hf" if isinstance(body, HuggingFaceRequest) else "tei"
         single = isinstance(body.inputs, str)
         texts = [body.inputs] if single else body.inputs
-        if len(texts) > self.settings.max_request_texts:
-            raise ServiceError(
-                413, "too_large", f"{len(texts)} texts in one request, over the limit of {self.settings.max_request_texts}"
-            )
+        s = self.settings
+        if len(texts) > s.max_request_texts:
+            raise ServiceError(413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}")
         if style == "hf":
-            parameters = body.parameters or Parameters()
-            truncation = parameters.truncation
-            function = parameters.function_to_apply
+            parameters = getattr(body, "parameters", None) or Parameters()
+            truncation, function = parameters.truncation, parameters.function_to_apply
         else:
-            truncation = bool(body.truncate)
-            function = "none" if body.raw_scores else None
-        sequences = await self._tokenize(classifier, texts, truncation)
-        try:
-            logits = await self.batcher.submit(sequences)
-        except QueueFullError as e:
-            raise ServiceError(429, "overloaded", str(e)) from None
-        except ShuttingDownError as e:
-            raise ServiceError(503, "unhealthy", str(e)) from None
-        except Exception:
-            log.exception("inference failed")
-            raise ServiceError(500, "backend", "inference failed; see the server log") from None
+            truncation = bool(getattr(body, "truncate", None))
+            function = "none" if getattr(body, "raw_scores", None) else None
+        sequences = await self._encode(classifier, texts, truncation)
+        tokens = sum(len(sequence) for sequence in sequences)
+        if tokens > s.max_queue_tokens:
+            raise ServiceError(413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}")
+        logits = await self._submit(request, sequences)
         scores = classifier.scores(logits, function)
-        if style == "tei":  # every label, best first, score before label as TEI prints it
-            ranked = format_scores(scores, classifier.labels, None)
-            ranked = [[{"score": d["score"], "label": d["label"]} for d in row] for row in ranked]
-            return ranked[0] if single else ranked
+        if style == "tei":
+            return classifier.format(scores, style="tei", single=single)
         if "top_k" not in parameters.model_fields_set:  # the pipeline's one-best shape
-            return format_scores(scores, classifier.labels)
-        return format_scores(scores, classifier.labels, parameters.top_k, single)
+            return classifier.format(scores)
+        return classifier.format(scores, top_k=parameters.top_k, single=single)
 
-    async def _tokenize(self, classifier: Classifier, texts: list[str], truncation: bool) -> list[list[int]]:
+    async def _encode(self, classifier: Classifier, texts: list[str], truncation: bool) -> list[list[int]]:
         for i, text in enumerate(texts):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise ServiceError(422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)") from None
-        encode = classifier.tokenizer.encode
         try:
             if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
-                return await asyncio.to_thread(encode, texts, classifier.max_length, truncation)
-            return encode(texts, classifier.max_length, truncation)
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._tokenizers, lambda: classifier.encode(texts, truncation=truncation))
+            return classifier.encode(texts, truncation=truncation)
         except InputError as e:
             raise ServiceError(422, "validation", f"{e}; send truncation/truncate true to cut it") from None
+
+    async def _submit(self, request: Request, sequences: list[list[int]]):
+        """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
+        work = asyncio.ensure_future(self.batcher.submit(sequences))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()
+        if not work.done() or work.cancelled():
+            raise ServiceError(499, "client_closed", "the client closed the connection")
+        try:
+            return work.result()
+        except QueueFullError as e:
+            raise ServiceError(429, "overloaded", str(e)) from None
+        except (ShuttingDownError, BatcherFailure) as e:
+            raise ServiceError(503, "unhealthy", str(e)) from None
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
+        except Exception:
+            log.exception("inference failed")
+            raise ServiceError(500, "backend", "inference failed; see the server log") from None
 
     def info(self) -> dict:
         from . import __version__
@@ -388,13 +481,30 @@ class Service:
             "max_batch_size": s.max_batch_size,
             "max_wait_ms": s.max_wait_ms,
             "max_queue_texts": s.max_queue_texts,
+            "max_queue_tokens": s.max_queue_tokens,
             "max_client_batch_size": s.max_request_texts,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_body_bytes": s.max_body_bytes,
         }
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (413, 422, 429, 500, 503)}
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+ERROR_STATUSES = {
+    400: "Host header not allowed",
+    408: "body not received in time",
+    413: "body, texts or tokens over the limits",
+    415: "body not sent as application/json",
+    422: "invalid body, or a text too long without truncation",
+    429: "queue full or too many concurrent requests (Retry-After)",
+    500: "the backend failed on this request's texts",
+    503: "loading, failed, or shutting down (Retry-After)",
+}
+ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in ERROR_STATUSES.items()}
 EXAMPLES = {
     "hf": {"inputs": "a gripping, beautiful film", "parameters": {"top_k": None}},
     "tei": {"inputs": ["a gripping, beautiful film", "dull"], "raw_scores": False, "truncate": True},
@@ -409,8 +519,7 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
     settings = settings or ServiceSettings()
     if load is None:
         def load() -> Classifier:
-            backend = {} if settings.backend is None else {"backend": settings.backend}
-            return Classifier.load(settings.model, threads=settings.threads, **backend)
+            return load_classifier(settings)
 
     metrics = Metrics()
     service = Service(settings, load, metrics)
@@ -422,34 +531,24 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
             yield
         finally:
             # uvicorn has already stopped accepting and waited for in-flight requests; finish whatever
-            # the batcher still holds before the process goes away.
+            # the batcher still holds, within the shutdown timeout, before the process goes away.
             if not loading.done():
                 loading.cancel()
             await service.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="distilsent",
         version=__version__,
         description="English sentiment classification; Hugging Face Inference API and TEI compatible.",
         lifespan=lifespan,
+        redoc_url=None,
+        static_url="/docs/assets",
     )
     app.state.service = service
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, e: ServiceError) -> JSONResponse:
         return error_response(metrics, e.status, e.error_type, str(e))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = []
-        for problem in e.errors()[:5]:
-            if problem.get("type") == "json_invalid":
-                error = problem.get("ctx", {}).get("error", "")
-                problems.append(f"body is not valid JSON ({error} at character {problem['loc'][-1]})")
-                continue
-            where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or "body"
-            problems.append(f"{where}: {problem.get('msg', 'invalid')}")
-        return error_response(metrics, 422, "validation", "; ".join(problems) or "invalid request body")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -463,33 +562,60 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
         # A bug, not the client's fault: still JSON, and the server goes on (uvicorn logs the traceback).
         return error_response(metrics, 500, "internal", "internal server error")
 
-    @app.post("/", responses=ERRORS, openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLES["hf"]}}}})
-    async def predict_hf(body: PredictRequest) -> Any:
+    body_schema = PredictRequest.json_schema(ref_template="#/components/schemas/{model}")
+    body_definitions = body_schema.pop("$defs")
+
+    def request_body(example: dict) -> dict:
+        content = {"application/json": {"schema": body_schema, "example": example}}
+        return {"requestBody": {"required": True, "content": content}}
+
+    @app.post("/", responses=ERRORS, openapi_extra=request_body(EXAMPLES["hf"]))
+    async def predict_hf(request: Request) -> Any:
         """Classify; Hugging Face Inference API shapes unless the body has TEI fields."""
-        return JSONResponse(await service.predict(body, "hf"))
+        return JSONResponse(await service.predict(request, "hf"))
 
-    @app.post("/predict", responses=ERRORS, openapi_extra={"requestBody": {"content": {"application/json": {"example": EXAMPLES["tei"]}}}})
-    async def predict_tei(body: PredictRequest) -> Any:
+    @app.post("/predict", responses=ERRORS, openapi_extra=request_body(EXAMPLES["tei"]))
+    async def predict_tei(request: Request) -> Any:
         """Classify; TEI shapes unless the body has Hugging Face fields."""
-        return JSONResponse(await service.predict(body, "tei"))
+        return JSONResponse(await service.predict(request, "tei"))
 
-    @app.get("/health", responses={503: {"model": ErrorBody}})
+    probe_errors = {503: ERRORS[503], 400: ERRORS[400]}
+
+    @app.get("/health", responses=probe_errors)
     async def health() -> dict:
         service.ready()
         return {"status": "ok"}
 
-    @app.get("/info", responses={503: {"model": ErrorBody}})
+    @app.get("/info", responses=probe_errors)
     async def info() -> dict:
         return service.info()
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {prometheus_client.CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                         "description": "Prometheus text exposition format"}},
+    )
     async def prometheus() -> Response:
         return Response(prometheus_client.generate_latest(metrics.registry), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    # Outermost first: the access log sees every response, including the limits' 413 and 429.
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_definitions)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    # Outermost first: the access log sees every response, including the limits' 4xx.
     app.add_middleware(Limits, settings=settings, metrics=metrics)
     app.add_middleware(AccessLog, metrics=metrics)
     return app
+
+
+def load_classifier(settings: ServiceSettings) -> Classifier:
+    backend = {} if settings.backend is None else {"backend": settings.backend}
+    return Classifier.load(settings.model, threads=settings.threads, **backend)
 
 
 def app_from_environment() -> FastAPI:
@@ -507,35 +633,112 @@ def log_config(level: str) -> dict:
     return config
 
 
-def serve(
-    settings: ServiceSettings,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    workers: int = 1,
-    log_level: str = "info",
-    shutdown_timeout: float = 30.0,
-) -> None:
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol with the two guards it lacks: a request's headers must arrive within
+    ``header_timeout`` seconds of the connection opening (or of the previous response) and be at most
+    ``h11_max_incomplete_event_size`` bytes. A silent socket or one trickling headers is closed; too
+    large headers get 431. (The body has its own deadline, in :class:`Limits`.)"""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._await_head()
+
+    def _await_head(self) -> None:
+        self._head_bytes = 0
+        self._head_deadline = self.loop.call_later(self.config.header_timeout, self._head_late)
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        reading_head = getattr(self, "_head_deadline", None) is not None
+        super().data_received(data)
+        if reading_head and self._head_deadline is not None:  # the head is still incomplete
+            self._head_bytes += len(data)
+            if self._head_bytes > self.config.h11_max_incomplete_event_size:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+                body = json.dumps({"error": "request headers over the size limit", "error_type": "headers_too_large"})
+                self.transport.write(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body.encode())
+                )
+                self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._head_deadline is None:
+            self._await_head()
+
+    def connection_lost(self, exc) -> None:
+        if getattr(self, "_head_deadline", None) is not None:
+            self._head_deadline.cancel()
+        super().connection_lost(exc)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now, so that a port in use is one clear error before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        reason = "the port is in use" if e.errno in (98, 48) else e.strerror or str(e)
+        raise InputError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: ServiceSettings, *, log_level: str = "info") -> None:
     """Run the service until SIGINT/SIGTERM, then stop accepting, finish in-flight requests and exit.
 
-    With ``workers`` > 1 each worker process loads its own model and batcher, and the CPU threads are
-    split between them unless ``settings.threads`` says otherwise.
+    The model is loaded (or fails to, as one error) before the port opens. With ``settings.workers`` > 1
+    each worker process loads its own model and batcher, and the CPU threads are split between them
+    unless ``settings.threads`` says otherwise.
     """
-    from .checkpoint import resolve
+    from uvicorn.supervisors import Multiprocess
 
-    resolve(settings.model)  # a missing model is a one-line error now, not a worker that never gets ready
-    if workers > 1 and settings.threads is None:
-        settings = dataclasses.replace(settings, threads=max(1, (os.cpu_count() or 1) // workers))
+    if settings.workers > 1 and settings.threads is None:
+        settings = dataclasses.replace(settings, threads=max(1, (os.cpu_count() or 1) // settings.workers))
+    try:
+        classifier = load_classifier(settings)
+    except DistilsentError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a backend's own error: one line, not a traceback
+        raise CheckpointError(f"cannot load the model: {e}") from None
+    sock = listen(settings.host, settings.port)
     options = dict(
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
+        http=GuardedHttp,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout,
         log_level=log_level,
         log_config=log_config(log_level),
         access_log=False,  # replaced by AccessLog's structured lines
-        timeout_graceful_shutdown=shutdown_timeout,
+        timeout_graceful_shutdown=settings.shutdown_timeout,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
-    if workers == 1:
-        uvicorn.run(create_app(settings), **options)
-        return
-    os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-    uvicorn.run("distilsent.service:app_from_environment", factory=True, workers=workers, **options)
+    if settings.workers == 1:
+        config = uvicorn.Config(create_app(settings, load=lambda: classifier), **options)
+    else:
+        del classifier  # checked; each worker loads its own
+        os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+        config = uvicorn.Config("distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options)
+    config.header_timeout = settings.header_timeout
+    server = uvicorn.Server(config)
+    if settings.workers == 1:
+        server.run(sockets=[sock])
+    else:
+        Multiprocess(config, sockets=[sock]).run()

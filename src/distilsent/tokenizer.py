@@ -15,6 +15,10 @@ import numpy as np
 from .errors import CheckpointError, InputError
 
 DEFAULT_MAX_LENGTH = 512
+# A long text is first tokenized from this many characters per token of the limit (English averages
+# about 4-5 per WordPiece token); only text made mostly of spaces or control characters needs more,
+# and then the prefix grows fourfold until the first ``max_length`` tokens are certain.
+PREFIX_CHARS_PER_TOKEN = 8
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -125,22 +129,43 @@ class Tokenizer:
     ) -> list[list[int]]:
         """Ids of each text with ``[CLS]``/``[SEP]``, cut to ``max_length`` tokens (ends with ``[SEP]``).
 
-        With ``truncation=False`` a text longer than ``max_length`` is an :class:`InputError`.
+        With ``truncation=False`` a text longer than ``max_length`` is an :class:`InputError`. A long text
+        is tokenized from a prefix large enough for ``max_length`` tokens, never whole: a 1 MiB text
+        would otherwise become half a million tokens (and hundreds of MB) only to be cut to 512.
         """
         texts = _check_texts(texts)
         limit = max_length or self.max_length
         if limit < 2:
             raise InputError(f"max_length must be at least 2, got {limit}")
-        encodings = self._backend.encode_batch(texts, add_special_tokens=True) if texts else []
-        sequences = []
-        for i, encoding in enumerate(encodings):
-            ids = encoding.ids
-            if len(ids) > limit:
-                if not truncation:
-                    raise InputError(f"text {i} has {len(ids)} tokens, more than the maximum of {limit}")
-                ids = ids[: limit - 1] + [self.sep_id]
-            sequences.append(ids)
-        return sequences
+        sequences: list[list[int] | None] = [None] * len(texts)
+        pending = list(range(len(texts)))
+        chars = limit * PREFIX_CHARS_PER_TOKEN
+        while pending:
+            pieces = [texts[i][:chars] for i in pending]
+            encodings = self._backend.encode_batch(pieces, add_special_tokens=True)
+            retry = []
+            for i, piece, encoding in zip(pending, pieces, encodings):
+                ids = encoding.ids
+                if len(piece) < len(texts[i]):
+                    # Only a prefix was read: every word but its last (which the cut may have split)
+                    # tokenizes as in the whole text. Enough such tokens settle the result.
+                    words = encoding.word_ids
+                    last = next((w for w in reversed(words) if w is not None), None)
+                    complete = next((k for k, w in enumerate(words) if w is not None and w == last), 1) - 1
+                    if complete <= limit - 2:
+                        retry.append(i)  # not conclusive: read a longer prefix
+                        continue
+                    if not truncation:
+                        raise InputError(f"text {i} has more than {limit} tokens, the maximum")
+                    sequences[i] = ids[: limit - 1] + [self.sep_id]
+                    continue
+                if len(ids) > limit:
+                    if not truncation:
+                        raise InputError(f"text {i} has {len(ids)} tokens, more than the maximum of {limit}")
+                    ids = ids[: limit - 1] + [self.sep_id]
+                sequences[i] = ids
+            pending, chars = retry, chars * 4
+        return sequences  # type: ignore[return-value]
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """Pad to the longest sequence: int64 ``(ids, attention_mask)``, both (batch, length)."""
