@@ -58,6 +58,7 @@ except ImportError as e:
 from .batcher import Batcher
 from .classifier import FUNCTIONS, Classifier
 from .service_settings import ServiceSettings
+from .ui import explain_for_page, page
 
 __all__ = ["ServiceSettings", "create_app", "serve"]
 
@@ -65,7 +66,7 @@ log = logging.getLogger("distilsent.service")
 access_log = logging.getLogger("distilsent.access")
 
 SETTINGS_ENV = "DISTILSENT_SERVE_SETTINGS"  # how `serve --workers N` hands its settings to each worker
-ROUTES = ("/", "/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json")
+ROUTES = ("/", "/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json", "/ui", "/explain")
 METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
 # Payloads this large are tokenized on the tokenizer threads so they do not hold up every other request.
 THREADED_TOKENIZE_CHARS = 16_384
@@ -110,6 +111,13 @@ class TeiRequest(BaseModel):
 
 
 PredictRequest = TypeAdapter(Union[HuggingFaceRequest, TeiRequest])
+
+
+class ExplainRequest(BaseModel):
+    """Body of ``POST /explain``, the page's word highlights."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: StrictStr = Field(description="one text")
 
 
 class ErrorBody(BaseModel):
@@ -589,6 +597,24 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
     @app.get("/info", responses=probe_errors)
     async def info() -> dict:
         return service.info()
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui_page() -> Response:
+        """A page to try the model in a browser (self-contained: works offline)."""
+        return Response(page(), media_type="text/html; charset=utf-8")
+
+    @app.post("/explain", responses=ERRORS)
+    async def explain(request: Request) -> Any:
+        """Occlusion attributions of each word of one text toward its predicted label (what /ui highlights)."""
+        classifier = service.ready()
+        try:
+            body = ExplainRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise ServiceError(422, "validation", "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])) from None
+        try:
+            return JSONResponse(await asyncio.to_thread(explain_for_page, classifier, body.inputs))
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
 
     @app.get(
         "/metrics",
