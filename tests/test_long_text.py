@@ -122,3 +122,106 @@ def test_one_window_per_text_passes_scores_through():
     out = aggregate(scores, plan([text(3), text(4)], "truncate", 12), 2, "max")
     np.testing.assert_array_equal(out, scores)
     assert out.dtype == np.float32
+
+
+# ---------------------------------------------------------------- through the Classifier (tiny random model)
+
+LONG = " ".join(["the film was good but the plot was boring and the actors were awful"] * 20)  # ~300 tokens
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model_dir):
+    from distilsent import Classifier
+
+    return Classifier.load(tiny_model_dir, backend="onnx")  # 64 positions
+
+
+def test_windows_of_every_text_share_the_token_budget(clf):
+    widths = []
+    run_batch = clf.run_batch
+
+    def spy(sequences):
+        widths.append((len(sequences), max(len(s) for s in sequences)))
+        return run_batch(sequences)
+
+    clf.run_batch = spy
+    try:
+        texts = [LONG, "great fun", LONG + " good"]
+        window_plan = clf.windows(texts, long_text="window", stride=31)
+        assert len(window_plan.sequences) > 10 and max(len(s) for s in window_plan.sequences) == 64
+        clf.max_batch_tokens = 128
+        budgeted = clf(texts, long_text="window", stride=31, top_k=None)
+    finally:
+        del clf.run_batch
+        clf.max_batch_tokens = 2048
+    assert all(rows * width <= 128 for rows, width in widths)
+    assert len(widths) >= len(window_plan.sequences) // 2  # many small batches, not one giant padded one
+    one_pass = clf(texts, long_text="window", stride=31, top_k=None)
+    for a, b in zip(budgeted, one_pass):
+        assert [d["label"] for d in a] == [d["label"] for d in b]
+        np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], rtol=1e-5)
+
+
+def test_window_scores_are_the_aggregate_of_the_window_runs(clf):
+    from distilsent.classifier import softmax
+
+    texts = [LONG, "great fun"]
+    window_plan = clf.windows(texts, long_text="window")
+    probs = softmax(clf.run(window_plan.sequences))
+    for how in ("mean", "max"):
+        expected = aggregate(probs, window_plan, 2, how)
+        got = clf(texts, long_text="window", aggregate=how, top_k=None)
+        for row, ranked in zip(expected, got):
+            assert {d["label"]: d["score"] for d in ranked} == pytest.approx(dict(zip(clf.labels, row)), rel=1e-5)
+        # logits() gives the log of the same probabilities
+        np.testing.assert_allclose(softmax(clf.logits(texts, long_text="window", aggregate=how)), expected,
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_strategies_read_different_tokens_of_a_long_text_only(clf):
+    short = ["great fun", "awful"]
+    results = {s: clf(short + [LONG + " great great great fun"], long_text=s, top_k=None) for s in
+               ("truncate", "head_tail", "window")}
+    assert results["truncate"][:2] == results["head_tail"][:2] == results["window"][:2]
+    assert results["truncate"][2] != results["head_tail"][2]
+
+
+def test_return_windows_lists_each_window(clf):
+    results, windows = clf([LONG, "good"], long_text="window", stride=62, return_windows=True)
+    assert len(results) == 2 and len(windows) == 2
+    assert [w["start"] for w in windows[0]][:2] == [0, 62] and windows[1] == [
+        {"start": 0, "tokens": 1, "label": windows[1][0]["label"], "score": windows[1][0]["score"]}]
+    assert all(w["tokens"] == 62 for w in windows[0])
+
+
+def test_over_long_text_is_refused_only_without_a_strategy(clf):
+    with pytest.raises(InputError, match="the maximum"):
+        clf([LONG], truncation=False)
+    assert len(clf([LONG], truncation=False, long_text="head_tail")) == 1
+
+
+def test_neutral_below_relabels_unsure_one_best_answers(clf):
+    texts = ["great fun", "awful bad", "the plot"]
+    plain = clf(texts)
+    everything = clf(texts, neutral_below=1.0)
+    assert [d["label"] for d in everything] == ["NEUTRAL"] * 3
+    assert [d["score"] for d in everything] == [d["score"] for d in plain]  # the best score, kept
+    assert clf(texts, neutral_below=0.0) == plain
+    middle = sorted(d["score"] for d in plain)[1]
+    labels = [d["label"] for d in clf(texts, neutral_below=middle)]
+    assert labels.count("NEUTRAL") == 1
+    assert clf("great fun", top_k=1, neutral_below=1.0) == [{"label": "NEUTRAL", "score": plain[0]["score"]}]
+    with pytest.raises(InputError, match="one label"):
+        clf(texts, top_k=None, neutral_below=0.7)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        clf(texts, neutral_below=1.5)
+
+
+def test_neutral_below_is_for_binary_models(tmp_path, vocab_file):
+    pytest.importorskip("torch")
+    from distilsent import Classifier
+    from tests.conftest import make_tiny_model
+
+    directory = make_tiny_model(tmp_path / "three", vocab_file, id2label={0: "neg", 1: "neu", 2: "pos"})
+    with pytest.raises(InputError, match="binary"):
+        Classifier.load(directory)("good", neutral_below=0.5)
