@@ -8,7 +8,8 @@
   A body with both is invalid. A list of strings is always a batch of texts.
 - ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
   ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
-  ``/openapi.json``.
+  ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
+  occlusion attributions per word, what the page highlights).
 - Every error is ``{"error": message, "error_type": kind}``: 400 Host not allowed, 408 body too slow,
   413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without truncation,
   429 queue full or too many requests, 503 loading, failed or shutting down (429 and 503 carry
