@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -223,6 +224,9 @@ BAD_BODIES = [
     b'{"inputs": "x", "parameters": []}',
     b'{"inputs": "x", "raw_scores": 1}',
     b'{"inputs": "x", "parameters": {}, "truncate": true}',  # Hugging Face and TEI at once
+    b'{"inputs": "x", "options": {"n": ' + b"9" * 5000 + b"}}",  # an integer of 5,000 digits
+    b'{"inputs": "x", "options": {"n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",  # nesting 100k deep
+    b'{"inputs": "caf\xe9"}',  # invalid UTF-8 inside a string
 ]
 
 
@@ -277,7 +281,9 @@ def test_full_queue_is_429_and_the_queued_request_still_succeeds(clf):
             try:
                 first = asyncio.create_task(client.post("/", json={"inputs": TEXTS[:3]}))
                 await wait_admitted(client, 3)
-                assert_error(await client.post("/", json={"inputs": "one more"}), 429, "overloaded")
+                response = await client.post("/", json={"inputs": "one more"})
+                assert_error(response, 429, "overloaded")
+                assert response.headers["retry-after"] == "1"
             finally:
                 gate.opened.set()
             response = await first
@@ -317,7 +323,7 @@ def test_loading_is_503_then_ready(clf):
                 for method, route in [("GET", "/health"), ("GET", "/info"), ("POST", "/"), ("POST", "/predict")]:
                     response = await client.request(method, route, json={"inputs": "fun"})
                     assert_error(response, 503, "unhealthy")
-                    assert "loading" in response.json()["error"]
+                    assert "loading" in response.json()["error"] and int(response.headers["retry-after"]) > 0
             finally:
                 loaded.set()
             await wait_ready(client)
@@ -422,8 +428,11 @@ def test_shutdown_finishes_in_flight_requests_and_refuses_new_ones(clf):
             in_flight = [asyncio.create_task(client.post("/", json={"inputs": t})) for t in TEXTS[:4]]
             await wait_admitted(client, 4)
             stopping = asyncio.create_task(lifespan.__aexit__(None, None, None))
-            await asyncio.sleep(0.05)
-            assert not stopping.done()  # waits for the admitted texts
+            for _ in range(500):  # until the shutdown has begun
+                if client.app.state.service.closing:
+                    break
+                await asyncio.sleep(0.01)
+            assert not stopping.done()  # the gate holds the admitted texts, and the shutdown waits for them
             assert_error(await client.post("/", json={"inputs": "late"}), 503, "unhealthy")
             gate.opened.set()
             for text, task in zip(TEXTS, in_flight):
@@ -459,7 +468,7 @@ BODIES = NEAR_VALID.map(lambda b: json.dumps(b).encode()) | JSON.map(lambda b: j
 @pytest.fixture(scope="module")
 def fuzz_client(clf):
     app = create_app(ServiceSettings(max_body_bytes=2000), load=lambda: clf)
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:
         for _ in range(500):
             if client.get("/health").status_code == 200:
                 break
@@ -510,3 +519,453 @@ def test_without_the_server_dependencies_the_library_imports_and_serve_says_what
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "pip install 'distilsent[serve]'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------- the batcher cannot hang
+
+
+def raw_scope(method: str, path: str, headers: dict[str, str]) -> dict:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }
+
+
+JSON_HEADERS = {"host": "localhost", "content-type": "application/json"}
+
+
+async def call_raw(app, receive, method="POST", path="/", headers=None) -> tuple[int, dict, bytes]:
+    """Call the ASGI app directly, with a ``receive`` that the test controls (a slow or vanishing client)."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    await app(raw_scope(method, path, headers or JSON_HEADERS), receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def body_then(body: bytes, after: asyncio.Event):
+    """A receive that sends ``body``, then reports a disconnect once ``after`` is set."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop()
+        await after.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def counter(metrics: str, status: int) -> float:
+    prefix = f'distilsent_requests_total{{method="POST",route="/",status="{status}"}}'
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
+def test_an_observer_that_raises_does_not_strand_the_batch(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            service = client.app.state.service
+
+            def broken(*_):
+                raise RuntimeError("metrics exploded")
+
+            service.batcher._on_batch = broken
+            response = await asyncio.wait_for(client.post("/", json={"inputs": TEXTS}), 30)
+            assert_close(response.json(), clf(TEXTS))
+            assert service.batcher.admitted == 0 and service.batcher.admitted_tokens == 0
+
+    run(main())
+
+
+def test_a_failure_outside_the_batches_fails_its_requests_with_503_and_the_worker_goes_on(clf):
+    class PlanFails(Classifier):
+        fail = True
+
+        def plan(self, lengths, **options):
+            if PlanFails.fail:
+                PlanFails.fail = False
+                raise RuntimeError("planner bug")
+            return super().plan(lengths, **options)
+
+    broken = PlanFails(clf.backend, clf.tokenizer, clf.config, name=clf.name)
+
+    async def main():
+        async with running(lambda: broken) as client:
+            response = await asyncio.wait_for(client.post("/", json={"inputs": ["fun", "dull"]}), 30)
+            assert_error(response, 503, "unhealthy")
+            assert response.headers["retry-after"]
+            assert client.app.state.service.batcher.admitted == 0
+            assert (await client.get("/health")).status_code == 200
+            assert_close((await client.post("/", json={"inputs": "fun"})).json(), clf("fun"))
+
+    run(main())
+
+
+def test_a_dead_worker_fails_waiting_requests_and_health_says_503(clf):
+    gate = Gate(clf.backend)
+
+    async def main():
+        async with running(lambda: with_backend(clf, gate)) as client:
+            batcher = client.app.state.service.batcher
+            try:
+                first = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
+                await wait_admitted(client, 1)
+                while batcher._jobs:  # until its text is on the inference thread
+                    await asyncio.sleep(0.01)
+
+                def broken_take():
+                    raise RuntimeError("batcher bug")
+
+                batcher._take = broken_take  # the worker dies on its next round
+                second = asyncio.create_task(client.post("/", json={"inputs": "dull"}))
+                await wait_admitted(client, 2)
+            finally:
+                gate.opened.set()
+            assert (await first).status_code == 200
+            assert_error(await asyncio.wait_for(second, 30), 503, "unhealthy")
+            health = await client.get("/health")
+            assert_error(health, 503, "unhealthy")
+            assert "batcher bug" in health.json()["error"]
+            assert_error(await client.post("/", json={"inputs": "fun"}), 503, "unhealthy")
+
+    run(main())
+
+
+def test_a_client_that_hangs_up_has_its_queued_texts_dropped_and_is_counted_as_499(clf):
+    gate = Gate(clf.backend)
+    seen = []
+
+    class Recording:
+        def logits(self, ids, mask):
+            seen.extend(ids[:, 1].tolist())
+            return gate.logits(ids, mask)
+
+    dull = clf.encode(["dull"])[0][1]
+
+    async def main():
+        async with running(lambda: with_backend(clf, Recording())) as client:
+            batcher = client.app.state.service.batcher
+            try:
+                first = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
+                await wait_admitted(client, 1)
+                leave = asyncio.Event()
+                gone = asyncio.create_task(call_raw(client.app, body_then(b'{"inputs": ["dull", "dull"]}', leave)))
+                await wait_admitted(client, 3)
+                leave.set()  # the client hangs up while its texts wait behind the first batch
+                status, _, _ = await asyncio.wait_for(gone, 30)
+                assert status == 499 and batcher.admitted == 1
+            finally:
+                gate.opened.set()
+            assert (await first).status_code == 200
+            assert dull not in seen  # never computed
+            metrics = (await client.get("/metrics")).text
+            assert counter(metrics, 499) == 1 and counter(metrics, 500) == 0
+
+    run(main())
+
+
+def test_a_small_request_is_not_stuck_behind_a_big_one(clf):
+    gate = Gate(clf.backend)
+    order = []
+
+    class Recording:
+        def logits(self, ids, mask):
+            order.extend(ids[:, 1].tolist())
+            return gate.logits(ids, mask)
+
+    fun = clf.encode(["fun"])[0][1]
+    big = ["the worst plot"] * 40  # 5 tokens each: 200 tokens, over many rounds of 2 x 16 tokens
+
+    async def main():
+        async with running(lambda: with_backend(clf, Recording()), max_batch_tokens=16, max_batch_size=4) as client:
+            try:
+                first = asyncio.create_task(client.post("/", json={"inputs": big}))
+                await wait_admitted(client, 40)
+                small = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
+                await wait_admitted(client, 41)
+            finally:
+                gate.opened.set()
+            assert_close((await small).json(), clf("fun"))
+            assert_close((await first).json(), clf(big))
+        assert order.index(fun) < len(order) // 2  # served within the next rounds, not after all 40
+
+    run(main())
+
+
+def test_queued_work_is_limited_by_tokens_too(clf):
+    gate = Gate(clf.backend)
+    text = "the worst plot"  # 5 tokens
+
+    async def main():
+        async with running(lambda: with_backend(clf, gate), max_queue_tokens=12) as client:
+            assert_error(await client.post("/", json={"inputs": [text] * 3}), 413, "too_large")  # 15 > 12 alone
+            try:
+                first = asyncio.create_task(client.post("/", json={"inputs": [text, text]}))
+                await wait_admitted(client, 2)
+                response = await client.post("/", json={"inputs": text})  # 10 + 5 > 12
+                assert_error(response, 429, "overloaded")
+                assert "tokens" in response.json()["error"]
+            finally:
+                gate.opened.set()
+            assert (await first).status_code == 200
+
+    run(main())
+
+
+def test_tokenizations_run_at_most_tokenize_threads_at_once(clf):
+    import distilsent.service as service_module
+
+    state = {"active": 0, "peak": 0}
+    release = threading.Event()
+    lock = threading.Lock()
+
+    class SlowEncode(Classifier):
+        def encode(self, texts, **options):
+            with lock:
+                state["active"] += 1
+                state["peak"] = max(state["peak"], state["active"])
+            release.wait(10)
+            with lock:
+                state["active"] -= 1
+            return super().encode(texts, **options)
+
+    slow = SlowEncode(clf.backend, clf.tokenizer, clf.config, name=clf.name)
+    long_text = "a great film " * (service_module.THREADED_TOKENIZE_CHARS // 10)
+
+    async def main():
+        async with running(lambda: slow, tokenize_threads=2) as client:
+            try:
+                requests = [asyncio.create_task(client.post("/", json={"inputs": long_text, "parameters": {"truncation": True}}))
+                            for _ in range(6)]
+                for _ in range(500):
+                    if state["active"] == 2:
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                release.set()
+            for response in await asyncio.gather(*requests):
+                assert response.status_code == 200
+        assert state["peak"] == 2
+
+    run(main())
+
+
+def test_work_outlasting_the_shutdown_timeout_gets_a_json_503_and_close_is_bounded(clf):
+    gate = Gate(clf.backend)
+    app = create_app(ServiceSettings(shutdown_timeout=0.1), load=lambda: with_backend(clf, gate))
+
+    async def main():
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            client.app = app
+            await wait_ready(client)
+            never = asyncio.Event()
+            held = asyncio.create_task(call_raw(app, body_then(b'{"inputs": "fun"}', never)))
+            await wait_admitted(client, 1)
+            while app.state.service.batcher._jobs:  # until its text is on the inference thread
+                await asyncio.sleep(0.01)
+            queued = asyncio.create_task(call_raw(app, body_then(b'{"inputs": "dull"}', never)))
+            await wait_admitted(client, 2)
+            held.cancel()  # what uvicorn does to requests still running when the shutdown timeout ends
+            queued.cancel()
+            for task in (held, queued):
+                status, headers, body = await task
+                assert status == 503 and json.loads(body)["error_type"] == "unhealthy" and headers["retry-after"]
+            await wait_admitted(client, 1)  # the queued text was dropped; the other one is on the thread
+            await asyncio.wait_for(lifespan.__aexit__(None, None, None), 10)  # bounded although the gate is shut
+
+    try:
+        run(main())
+    finally:
+        gate.opened.set()
+
+
+# --------------------------------------------------------------------------------------------- attacks
+
+
+def test_a_slow_body_holds_no_slot_and_gets_408(clf):
+    async def main():
+        async with running(lambda: clf, max_concurrent_requests=1, body_timeout=0.5) as client:
+            async def trickle():
+                await asyncio.Event().wait()  # the rest of the body never comes
+
+            slow = asyncio.create_task(call_raw(client.app, trickle))
+            assert (await client.post("/", json={"inputs": "fun"})).status_code == 200  # not 429
+            status, headers, body = await asyncio.wait_for(slow, 30)
+            assert status == 408 and json.loads(body)["error_type"] == "timeout" and headers["connection"] == "close"
+
+    run(main())
+
+
+def test_a_declared_body_over_the_limit_is_413_before_reading_it(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            async def nothing():
+                await asyncio.Event().wait()
+
+            headers = {**JSON_HEADERS, "content-length": str(10 << 30)}
+            status, _, body = await asyncio.wait_for(call_raw(client.app, nothing, headers=headers), 30)
+            assert status == 413 and json.loads(body)["error_type"] == "too_large"
+
+    run(main())
+
+
+def test_a_client_hanging_up_mid_body_is_499_not_500(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            messages = [{"type": "http.disconnect"}, {"type": "http.request", "body": b'{"inputs": "fu', "more_body": True}]
+
+            async def receive():
+                return messages.pop()
+
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            await client.app(raw_scope("POST", "/", JSON_HEADERS), receive, send)
+            assert sent == []
+            metrics = (await client.get("/metrics")).text
+            assert counter(metrics, 499) == 1 and counter(metrics, 500) == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""])
+def test_bodies_not_sent_as_json_are_415(clf, content_type):
+    async def main():
+        async with running(lambda: clf) as client:
+            headers = {"content-type": content_type} if content_type else {}
+            response = await client.post("/", content=b'{"inputs": "fun"}', headers=headers)
+            assert_error(response, 415, "unsupported_media_type")
+            response = await client.post("/", content=b'{"inputs": "fun"}', headers={"content-type": "application/json; charset=utf-8"})
+            assert response.status_code == 200
+
+    run(main())
+
+
+def test_host_header_must_be_allowed(clf):
+    async def main():
+        async with running(lambda: clf, allowed_hosts=("api.example.com",)) as client:
+            for host in ("attacker.example", "localhost.attacker.example", "127.0.0.1.nip.io"):
+                for method, path in (("GET", "/info/"), ("GET", "/health"), ("POST", "/")):
+                    response = await client.request(method, path, json={"inputs": "x"}, headers={"host": host})
+                    assert_error(response, 400, "bad_host")
+                    assert "location" not in response.headers
+            for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "10.1.2.3", "API.example.com"):
+                assert (await client.get("/health", headers={"host": host})).status_code == 200, host
+
+    run(main())
+
+
+def test_openapi_lists_the_real_error_codes_metrics_as_text_and_one_api_per_body(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            schema = (await client.get("/openapi.json")).json()
+            for route in ("/", "/predict"):
+                post = schema["paths"][route]["post"]
+                assert {"400", "408", "413", "415", "422", "429", "500", "503"} <= set(post["responses"])
+                body = post["requestBody"]["content"]["application/json"]["schema"]
+                names = {option["$ref"].rsplit("/", 1)[1] for option in body["anyOf"]}
+                assert names == {"HuggingFaceRequest", "TeiRequest"}
+            components = schema["components"]["schemas"]
+            assert set(components["HuggingFaceRequest"]["properties"]) == {"inputs", "parameters", "options"}
+            assert set(components["TeiRequest"]["properties"]) == {"inputs", "raw_scores", "truncate"}
+            assert all(components[n]["additionalProperties"] is False for n in ("HuggingFaceRequest", "TeiRequest"))
+            metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+            assert list(metrics) == ["text/plain; version=1.0.0; charset=utf-8"] or all("text/plain" in k for k in metrics)
+
+    run(main())
+
+
+def test_docs_page_loads_its_assets_from_the_server_not_a_cdn(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            page = (await client.get("/docs")).text
+            sources = re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r"url: '([^']+)'", page)
+            assert sources and all(s.startswith("/") for s in sources), sources
+            for source in sources:
+                assert (await client.get(source)).status_code == 200, source
+
+    run(main())
+
+
+def test_uvicorn_protocol_closes_silent_sockets_and_refuses_huge_headers(clf):
+    import socket as sockets
+
+    import uvicorn
+
+    from distilsent.service import GuardedHttp, listen
+
+    sock = listen("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(ServiceSettings(), load=lambda: clf), http=GuardedHttp, log_level="error",
+                            h11_max_incomplete_event_size=2048, lifespan="on")
+    config.header_timeout = 0.5
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            threading.Event().wait(0.01)
+        with sockets.create_connection(("127.0.0.1", port), timeout=20) as silent:
+            assert silent.recv(100) == b""  # closed by the server, not by our timeout
+        with sockets.create_connection(("127.0.0.1", port), timeout=20) as trickle:
+            trickle.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n")  # and never ends its headers
+            assert trickle.recv(100) == b""
+        with sockets.create_connection(("127.0.0.1", port), timeout=20) as huge:
+            huge.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 4096)
+            assert huge.recv(100).startswith(b"HTTP/1.1 431")
+        with sockets.create_connection(("127.0.0.1", port), timeout=20) as fine:
+            fine.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert fine.recv(100).startswith(b"HTTP/1.1 ")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+# --------------------------------------------------------------------------------------------- serve
+
+
+def test_serve_rejects_out_of_range_ports_in_one_line(capsys):
+    from distilsent.cli import main
+
+    assert main(["serve", "--port", "99999"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("distilsent: error: port must be between 1 and 65535") and len(err.splitlines()) == 1
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tiny_model_dir, capsys):
+    import socket as sockets
+
+    from distilsent.cli import main
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(tiny_model_dir), "--port", str(port)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"distilsent: error: cannot listen on 127.0.0.1:{port}: the port is in use"
+
+
+def test_serve_with_a_model_that_cannot_load_stops_with_one_line(tiny_model_dir, tmp_path, capsys):
+    from distilsent.cli import main
+
+    assert main(["serve", "--model", str(tiny_model_dir), "--backend", "tf"]) == 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert main(["serve", "--model", str(broken)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("distilsent: error: ") for line in lines), lines

@@ -3,6 +3,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from distilsent.errors import InputError
 from distilsent.tokenizer import Tokenizer
@@ -69,7 +71,7 @@ def test_truncation_keeps_sep_and_can_be_refused(vocab_file):
     tokenizer = Tokenizer.from_vocab(vocab_file, max_length=8)
     (ids,) = tokenizer.encode(["good " * 20])
     assert len(ids) == 8 and ids[0] == tokenizer.cls_id and ids[-1] == tokenizer.sep_id
-    with pytest.raises(InputError, match="text 1 has 22 tokens"):
+    with pytest.raises(InputError, match="text 1 has more than 8 tokens"):  # counted no further than needed
         tokenizer.encode(["ok", "good " * 20], truncation=False)
 
 
@@ -108,3 +110,48 @@ def test_shared_between_threads(vocab_file):
     for t in threads:
         t.join()
     assert not errors and len(results) == 6
+
+
+def test_a_long_text_is_tokenized_from_a_bounded_prefix_not_whole(real_vocab):
+    tokenizer = Tokenizer.from_vocab(real_vocab)
+    seen = []
+    backend = tokenizer._backend
+
+    class Spy:
+        def encode_batch(self, texts, **options):
+            seen.extend(len(t) for t in texts)
+            return backend.encode_batch(texts, **options)
+
+    tokenizer._backend = Spy()
+    bomb = "a gripping, beautiful film. " * 40_000  # 1.1 MB, over half a million tokens
+    ids = tokenizer.encode([bomb])[0]
+    assert ids == backend.encode(bomb[:20_000]).ids[:511] + [tokenizer.sep_id]
+    assert max(seen) < 50_000
+    with pytest.raises(InputError, match="more than 512 tokens"):
+        tokenizer.encode([bomb], truncation=False)
+    spaces = "great" + " " * 300_000 + "film " * 600  # mostly blank: the prefix has to grow
+    assert tokenizer.encode([spaces])[0] == backend.encode(spaces).ids[:511] + [tokenizer.sep_id]
+
+
+@pytest.fixture(scope="module")
+def prefix_tokenizer(real_vocab):
+    return Tokenizer.from_vocab(real_vocab)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.lists(st.sampled_from(list("abcdefg hij,.!-'\t\n") + ["é", "e\u0301", "中", "\u00ad", "ß", "İ", "ﬁ", "x" * 40]),
+                  max_size=120).map("".join),
+    limit=st.integers(2, 30),
+)
+def test_prefix_tokenization_equals_tokenizing_the_whole_text_then_cutting(prefix_tokenizer, text, limit):
+    import distilsent.tokenizer as module
+
+    whole = prefix_tokenizer._backend.encode(text).ids
+    expected = whole if len(whole) <= limit else whole[: limit - 1] + [prefix_tokenizer.sep_id]
+    chars = module.PREFIX_CHARS_PER_TOKEN
+    module.PREFIX_CHARS_PER_TOKEN = 1  # cut as early as possible: the hardest case
+    try:
+        assert prefix_tokenizer.encode([text], limit)[0] == expected
+    finally:
+        module.PREFIX_CHARS_PER_TOKEN = chars
