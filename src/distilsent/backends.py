@@ -5,6 +5,7 @@ Backends import their heavy dependency when they are loaded, so choosing one nev
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import ClassVar, Protocol
 
@@ -24,6 +25,9 @@ class Backend(Protocol):
       ONNX graph takes the number of ones as each row's length, so a left-padded row would be read wrong);
     - T <= ``config.max_position_embeddings`` (there is no position embedding beyond it);
     - ``logits`` returns float32 (B, ``config.num_labels``), row i for row i of the batch.
+
+    Optional: ``hidden_states(ids, mask, layers)`` returns the float32 (B, T, D) hidden state of each of
+    ``layers`` (0 = embeddings ... ``n_layers``), for ``Classifier.embed`` and ``Classifier.hidden_states``.
     """
 
     name: ClassVar[str]
@@ -86,6 +90,12 @@ class TorchBackend:
             out = self.model(torch.from_numpy(ids), torch.from_numpy(mask))
         return out.float().numpy()
 
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            states = self.model.distilbert(torch.from_numpy(ids), torch.from_numpy(mask))
+        return [states[i].float().numpy() for i in layers]
+
 
 def require_onnxruntime():
     try:
@@ -109,6 +119,9 @@ class OnnxBackend:
         # 0 lets ONNX Runtime use one thread per physical core, which beats counting hyper-threads.
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1  # the graph is a chain: parallel branches would only add threads
+        self.path, self.options = path, options
+        self._hidden_session = None  # made on the first hidden_states call
+        self._hidden_lock = threading.Lock()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types, not exported stably
@@ -124,6 +137,22 @@ class OnnxBackend:
 
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.session.run(("logits",), {"input_ids": ids, "attention_mask": mask})[0]
+
+    def hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> list[np.ndarray]:
+        """From a second session over the same graph with the hidden states as outputs (see
+        :func:`distilsent.onnx_graph.with_hidden_states`), made on first use: no torch needed."""
+        from .onnx_graph import hidden_state_name, with_hidden_states
+
+        with self._hidden_lock:
+            if self._hidden_session is None:
+                import onnxruntime as ort
+
+                model = with_hidden_states(self.path)
+                self._hidden_session = ort.InferenceSession(
+                    model.SerializeToString(), self.options, providers=["CPUExecutionProvider"]
+                )
+        names = [hidden_state_name(i) for i in layers]
+        return self._hidden_session.run(names, {"input_ids": ids, "attention_mask": mask})
 
 
 # Every backend by the name users pass (``Classifier.load(backend=...)``, ``--backend``); the first is the default.

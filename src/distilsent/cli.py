@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-CHUNK = 1024  # texts read from stdin are classified and printed in chunks of this many lines
+CHUNK = 1024  # texts piped into predict are classified and printed in chunks of this many lines
 
 
 def _top_k(value: str):
@@ -61,15 +61,47 @@ def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+# How the command line reads texts longer than the model's 512 tokens; chosen by benchmarks/long_text.py on
+# an IMDb validation split (see README "Long texts").
+DEFAULT_LONG_TEXT = "head_tail"
+
+
+def _long_text(args: argparse.Namespace) -> dict:
+    return {"long_text": args.long_text, "stride": args.stride, "aggregate": args.aggregate}
+
+
+def _probability(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}") from None
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}")
+    return number
+
+
+def long_text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=DEFAULT_LONG_TEXT,
+                   help="texts over the model's length: keep the first tokens, the first 128 + last 382, or run "
+                        f"every window and aggregate (default: {DEFAULT_LONG_TEXT})")
+    p.add_argument("--stride", type=_positive_int, default=None, metavar="N",
+                   help="with --long-text window: a window starts every N tokens (default: half a window, 255)")
+    p.add_argument("--aggregate", choices=("mean", "max"), default="mean",
+                   help="with --long-text window: mean of the windows' scores weighted by their tokens, or "
+                        "the most confident window (default: mean)")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .classifier import Classifier
 
-    options = {"batch_size": args.batch_size}
-    if args.max_length:
-        options["max_length"] = args.max_length
-    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options)
-    chunks = [args.texts] if args.texts else _chunks(_stdin_lines(), CHUNK)
+    options = {k: v for k, v in (("batch_size", args.batch_size), ("max_length", args.max_length)) if v}
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options, **_long_text(args))
+    # Someone typing at a terminal waits for each answer; a pipe is read in chunks, which batches well.
+    chunk = 1 if sys.stdin.isatty() else CHUNK
+    chunks = [args.texts] if args.texts else _chunks(_stdin_lines(), chunk)
     call = {} if args.top_k is False else {"top_k": args.top_k}
+    if args.neutral_below is not None:
+        call["neutral_below"] = args.neutral_below
     out = sys.stdout
     for texts in chunks:
         for result in clf(texts, **call):
@@ -151,15 +183,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.plots:
         pyplot()  # a missing matplotlib is reported now, not after the whole evaluation
-    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, batch_size=args.batch_size)
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **_long_text(args))
     examples = read_examples(args.file, text_column=args.text_column, label_column=args.label_column,
                              labels=clf.labels, fmt=args.format)
-    result = evaluate(clf, examples, progress=not args.quiet)
+    result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.quiet)
     if args.plots:
         result["plots"] = [str(p) for p in plot(result, args.plots)]
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result) if args.json else format_table(result))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .calibration import calibrate
+
+    result = calibrate(args.model, args.file, args.out, text_column=args.text_column, label_column=args.label_column,
+                       fmt=args.format, backend=args.backend, threads=args.threads, **_long_text(args))
+    print(json.dumps(result.as_dict()))
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -277,7 +317,7 @@ EXAMPLES = {
   cat texts.txt | distilsent embed - hidden3.npy --layer 3""",
     "fewshot": """examples:
   distilsent fewshot twenty_examples.csv --out models/support-tickets --labels complaint,question,praise
-  distilsent fewshot stars.jsonl --out models/stars --labels 1,2,3,4,5 --label-column stars
+  distilsent fewshot reviews.jsonl --out models/three --labels negative,neutral,positive --label-column rating
   distilsent predict --model models/support-tickets 'where is my order?'""",
     "bias-probe": """examples:
   distilsent bias-probe --out probe/                       # countries and first names, CSV + summary + plots
@@ -303,6 +343,9 @@ EXAMPLES = {
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
   distilsent eval runs/sst2/best dev.csv --json --plots plots/""",
+    "calibrate": """examples:
+  distilsent calibrate default held-out.csv --out ./calibrated      # then: distilsent predict --model ./calibrated
+  distilsent calibrate ./my-model dev.tsv --out ./my-model-calibrated --long-text window""",
     "convert": """examples:
   distilsent convert ./all-MiniLM-L6-v2 ./minilm-distilbert
   distilsent convert ./bert-base-uncased ./bert-as-distilbert --labels neg,neu,pos""",
@@ -351,9 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (ONNX Runtime, no torch needed) or torch (the PyTorch reference); default: onnx")
     p.add_argument("--top-k", type=_top_k, default=False, metavar="K|all",
                    help="print the K best labels (or all) as a list per text")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="texts per batch (default: the Classifier's)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
+    long_text_options(p)
+    p.add_argument("--neutral-below", type=_probability, default=None, metavar="P",
+                   help="binary models: label NEUTRAL when the best score is below P (choose P from the "
+                        "risk-coverage curve of eval --plots; default: off)")
     p.set_defaults(run=cmd_predict)
 
     def data_columns(p: argparse.ArgumentParser) -> None:
@@ -396,13 +444,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     data_columns(p)
     p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="texts per batch (default: the Classifier's)")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--plots", default=None, metavar="DIR", help="write confusion-matrix and reliability PNGs")
+    long_text_options(p)
     quiet(p)
     p.set_defaults(run=cmd_eval)
+
+    p = verb("calibrate", "fit temperature scaling on a labelled file (not your test set) and write the "
+                          "calibrated model: T folded into the classifier weights, T and ECE in its card")
+    p.add_argument("model", metavar="MODEL", help="checkpoint directory, Hub id, or 'default'")
+    p.add_argument("file", metavar="FILE", help="labelled CSV/TSV/JSONL/Parquet file to fit T on")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory of the calibrated model")
+    data_columns(p)
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    long_text_options(p)
+    p.set_defaults(run=cmd_calibrate)
 
     p = verb("convert", "turn a BERT checkpoint into a DistilBERT-layout classifier (exact encoder)")
     p.add_argument("bert_dir", metavar="BERT_DIR")

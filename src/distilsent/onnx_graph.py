@@ -195,6 +195,41 @@ def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray]):
     return model
 
 
+def hidden_state_name(layer: int) -> str:
+    """The graph's name for hidden state ``layer``: 0 is the embedding LayerNorm, i the output of block i."""
+    return f"hidden_{layer}"
+
+
+def with_hidden_states(path: Path):
+    """The graph at ``path`` (float32 or int8, as built here) with every hidden state as an extra output.
+
+    The classification graph keeps only ``logits`` as its output, so ONNX Runtime is free to reuse the
+    hidden states' buffers; embeddings get this second graph instead of slowing classification down.
+    """
+    onnx = require_onnx()
+    from onnx import TensorProto, helper
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # DecodeError and friends: a corrupt or foreign file
+        raise CheckpointError(f"{path} is not a readable ONNX model ({e})") from None
+    produced = {name for node in model.graph.node for name in node.output}
+    names = []
+    while hidden_state_name(len(names)) in produced:
+        names.append(hidden_state_name(len(names)))
+    if not names:
+        raise CheckpointError(
+            f"{path} has no tensor named {hidden_state_name(0)}: hidden states need a graph written by "
+            "distilsent (distilsent export), or the torch backend"
+        )
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "sequence", "dim"])
+        for name in names if name not in outputs
+    )
+    return model
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of the Attention and MatMul weights (per output channel).
 
