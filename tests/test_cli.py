@@ -1,5 +1,7 @@
 import io
 import json
+import os
+import select
 import subprocess
 import sys
 
@@ -12,6 +14,9 @@ from distilsent.cli import main
 class FakeStdin:
     def __init__(self, data: bytes):
         self.buffer = io.BytesIO(data)
+
+    def isatty(self) -> bool:
+        return False
 
 
 def run(argv, capsys, stdin: bytes | None = None, monkeypatch=None):
@@ -84,3 +89,115 @@ def test_subprocess_arguments_and_stdin(tiny_model_dir):
     ]
     failed = subprocess.run(command[:-2] + ["--model", "/nope", "x"], capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.strip().count("\n") == 0
+
+
+def read_line(fd: int, seconds: float) -> bytes:
+    """One line from ``fd``, or what came before ``seconds`` passed without a newline."""
+    data = b""
+    while not data.endswith(b"\n") and select.select([fd], [], [], seconds)[0]:
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_predict_at_a_terminal_answers_each_line_at_once(tiny_model_dir):
+    """stdin is a terminal (a pty): each typed line is answered before the next is typed, not at end of input."""
+    import pty
+
+    expected = [json.loads(json.dumps(r)) for r in Classifier.load(tiny_model_dir)(["a great film", "awful"])]
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "distilsent", "predict", "--model", str(tiny_model_dir)],
+                               stdin=follower, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    os.close(follower)
+    try:
+        for text, answer in zip(["a great film", "awful"], expected):
+            os.write(leader, text.encode() + b"\n")
+            # Bounded so that a CLI that waits for end of input fails here instead of hanging the suite.
+            assert json.loads(read_line(process.stdout.fileno(), 30)) == answer
+        os.write(leader, b"\x04")  # end of input, as Ctrl-D
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+        os.close(leader)
+
+
+def test_predict_model_default(capsys):
+    from distilsent.checkpoint import default_model_dir
+
+    if not (default_model_dir() / "config.json").is_file():
+        pytest.skip("the default model is not built")
+    code, lines, _ = run(["predict", "--model", "default", "a gripping, beautiful film"], capsys)
+    assert code == 0 and lines[0]["label"] == "POSITIVE"
+
+
+def blocked(module: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """``distilsent ARGV`` in a fresh interpreter where ``import MODULE`` fails, as when it is not installed."""
+    code = (f"import sys; sys.modules[{module!r}] = None; from distilsent.cli import main; "
+            f"sys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def labelled_file(path, rows: int = 8):
+    path.write_text("sentence\tlabel\n" + "".join(f"{'great fun' if i % 2 else 'awful bad'}\t{i % 2}\n"
+                                                   for i in range(rows)))
+    return path
+
+
+@pytest.mark.parametrize("verb", ["train", "convert"])
+def test_train_and_convert_without_torch_say_what_to_install(verb, tiny_model_dir, tmp_path):
+    if verb == "train":
+        argv = ["train", str(labelled_file(tmp_path / "t.tsv")), "--model", str(tiny_model_dir),
+                "--out", str(tmp_path / "run")]
+    else:
+        argv = ["convert", str(tiny_model_dir), str(tmp_path / "out")]
+    done = blocked("torch", argv)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("distilsent: error: ") and done.stderr.count("\n") == 1
+    assert "needs PyTorch: pip install 'distilsent[" in done.stderr
+
+
+def test_train_out_that_is_a_file(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "taken").write_text("not a directory")
+    code = main(["train", str(labelled_file(tmp_path / "t.tsv")), "--model", str(tiny_model_dir),
+                 "--out", str(tmp_path / "taken"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert err == f"distilsent: error: the output {tmp_path / 'taken'} is a file; a run writes a directory (best/, metrics.json, ...)\n"
+
+
+def test_eval_plots_without_matplotlib_fail_before_evaluating(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import distilsent.evaluate
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated although the plots cannot be drawn")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
+    code = main(["eval", str(tiny_model_dir), str(labelled_file(tmp_path / "d.tsv")), "--plots", str(tmp_path)])
+    assert code == 1
+    assert capsys.readouterr().err == "distilsent: error: plots need matplotlib: pip install 'distilsent[train]'\n"
+
+
+def test_format_flag_reads_files_without_a_known_extension(tiny_model_dir, tmp_path, capsys):
+    data = labelled_file(tmp_path / "reviews.data")
+    assert main(["eval", str(tiny_model_dir), str(data), "--quiet"]) == 1
+    assert "cannot tell the format from the extension; name it with --format" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model_dir), str(data), "--format", "tsv", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 8
+    for verb in (["train", "x", "--out", "y"], ["export", "default", "y"]):
+        with pytest.raises(SystemExit):
+            main([*verb, "--format", "xml"])
+        assert "argument --format: invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_eval_progress_on_stderr_unless_quiet(tiny_model_dir, tmp_path, capsys):
+    data = str(labelled_file(tmp_path / "d.tsv", rows=40))
+    assert main(["eval", str(tiny_model_dir), data, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["examples"] == 40
+    assert captured.err.startswith("eval: 40/40 sequences (100%) ") and " sequences/s, in 0:00:" in captured.err
+    assert main(["eval", str(tiny_model_dir), data, "--json", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

