@@ -105,3 +105,20 @@ def test_calibration_section_is_replaced_not_repeated():
     twice = with_section(once + "\n## Later\n\ny\n", card_section(fitted, note="again"))
     assert once.count("## Calibration") == 1 and twice.count("## Calibration") == 1
     assert "again" in twice and twice.rstrip().endswith("y") and "## Training" in twice
+
+
+def test_calibrate_verb(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from distilsent.cli import main
+
+    data = tmp_path / "fit.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(TEXTS, [1, 0, 0, 1, 0, 1])))
+    assert main(["calibrate", str(tiny_model_dir), str(data), "--out", str(tmp_path / "out"),
+                 "--long-text", "truncate"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["model"] == str(tmp_path / "out") and printed["temperature"] > 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    (tmp_path / "bad.tsv").write_text("sentence\tlabel\ngreat\t1\nbroken row\n")
+    assert main(["calibrate", str(tiny_model_dir), str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "x")]) == 1
+    assert "bad.tsv:3" in capsys.readouterr().err

@@ -225,3 +225,17 @@ def test_neutral_below_is_for_binary_models(tmp_path, vocab_file):
     directory = make_tiny_model(tmp_path / "three", vocab_file, id2label={0: "neg", 1: "neu", 2: "pos"})
     with pytest.raises(InputError, match="binary"):
         Classifier.load(directory)("good", neutral_below=0.5)
+
+
+def test_predict_verb_reads_long_texts_and_abstains(tiny_model_dir, clf, capsys):
+    import json
+
+    from distilsent.cli import main
+
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["predict", *model, "--long-text", "window", "--stride", "20", "--aggregate", "max", LONG]) == 0
+    assert json.loads(capsys.readouterr().out) == clf([LONG], long_text="window", stride=20, aggregate="max")[0]
+    assert main(["predict", *model, "--neutral-below", "1", "great fun"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == "NEUTRAL"
+    assert main(["predict", *model, "--long-text", "window", "--stride", "100", LONG]) == 1
+    assert "stride must be between 1 and the window's 62 tokens" in capsys.readouterr().err

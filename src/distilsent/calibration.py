@@ -154,7 +154,7 @@ def card_section(calibration: Calibration, sha256: str | None = None, note: str 
         "",
         "| on the fitting data | before | after |",
         "|---|---|---|",
-        *[f"| {label} | {calibration.before[key]:.4f} | {calibration.after[key]:.4f} |" for label, key in rows],
+        *[f"| {label} | {calibration.before[key] + 0.0:.4f} | {calibration.after[key] + 0.0:.4f} |" for label, key in rows],
     ]
     if note:
         lines += ["", note]
@@ -178,23 +178,31 @@ def calibrate(
     *,
     text_column: str | None = None,
     label_column: str | None = None,
+    fmt: str | None = None,
     backend: str = "onnx",
     threads: int | None = None,
+    **options,
 ) -> Calibration:
     """Fit temperature scaling for ``model`` (a directory, Hub id, or ``None`` for the default model) on the
-    labelled ``file`` and write the calibrated checkpoint to ``out``; returns what was fitted and measured."""
+    labelled ``file`` and write the calibrated checkpoint to ``out``; returns what was fitted and measured.
+
+    ``options`` go to :class:`~distilsent.classifier.Classifier` (e.g. ``long_text="head_tail"``): the texts
+    are read as the model will read them; with windows, each window is one example with its text's label
+    (``T`` belongs to the model, which scores one window at a time)."""
     from .checkpoint import resolve
     from .classifier import Classifier
     from .data import read_examples
     from .modelcard import sha256
 
     source = resolve(model)
-    classifier = Classifier.load(source, backend=backend, threads=threads)
+    classifier = Classifier.load(source, backend=backend, threads=threads, **options)
     if len(classifier.labels) < 2 or classifier.default_function != "softmax":
         raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
-    examples = read_examples(file, text_column=text_column, label_column=label_column, labels=classifier.labels)
-    logits = classifier.logits([e.text for e in examples])
-    labels = np.array([e.label for e in examples])
+    examples = read_examples(file, text_column=text_column, label_column=label_column, labels=classifier.labels,
+                             fmt=fmt)
+    window_plan = classifier.windows([e.text for e in examples])
+    logits = classifier.run(window_plan.sequences)
+    labels = np.array([e.label for e in examples])[window_plan.owner]
     fitted = measure(logits, labels, classifier.labels, Path(file).name if str(file) != "-" else "stdin")
     card_path = source / "README.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {Path(out).name}\n"

@@ -274,7 +274,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
                          resume=args.resume, progress=not args.quiet, ray_options=ray_options,
                          text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
-                         prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size)
+                         prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
+                         long_text=args.long_text, stride=args.stride, aggregate=args.aggregate)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -504,6 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("fail", "skip", "mark"), default="fail",
                    help="a row without text: stop (default), leave it out, or keep it with an error column")
     p.add_argument("--prefix", default="", help="prefix of the new column names, e.g. pred_ when IN has a label")
+    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=None,
+                   help="texts over the model's length: first tokens (default), head+tail, or sliding windows")
+    p.add_argument("--stride", type=_positive_int, default=None, help="--long-text window: tokens between windows")
+    p.add_argument("--aggregate", choices=("mean", "max"), default=None,
+                   help="--long-text window: combine windows by token-weighted mean (default) or the surest one")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads (default: all cores; with --engine ray: per actor, default 1)")
