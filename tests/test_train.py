@@ -198,3 +198,17 @@ def test_train_verb(tiny_model_dir, tmp_path, capsys):
     assert report["best"]["step"] == 2  # 64 examples, batch 32, evaluated at the end of the epoch
     card = (tmp_path / "run" / "best" / "README.md").read_text()
     assert '"learning_rate": 0.001' in card and "train.tsv" in card
+
+
+def test_every_extra_that_trains_requires_a_torch_with_fused_cpu_adamw():
+    """train() builds AdamW(fused=True) on CPU tensors, which torch supports from 2.4 on."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    from .conftest import ROOT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    torches = [Requirement(r) for reqs in extras.values() for r in reqs if Requirement(r).name == "torch"]
+    assert torches
+    for requirement in torches:
+        assert not requirement.specifier.contains("2.3.1"), f"{requirement} allows a torch without fused CPU AdamW"
