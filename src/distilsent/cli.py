@@ -214,6 +214,21 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(json.dumps({"model": str(args.out), "parameters": model.num_parameters()}))
 
 
+def cmd_cache(args: argparse.Namespace) -> None:
+    from .cache import cache_entries, clear_cache
+
+    if args.action == "clear":
+        removed, freed = clear_cache()
+        print(json.dumps({"removed": removed, "bytes": freed}))
+        return
+    from datetime import datetime, timezone
+
+    for entry in cache_entries():
+        built = datetime.fromtimestamp(entry.built, timezone.utc).isoformat(timespec="seconds")
+        print(json.dumps({"path": str(entry.path), "bytes": entry.bytes, "built": built,
+                          "checkpoint": entry.checkpoint}))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .service_settings import ServiceSettings
 
@@ -355,6 +370,10 @@ EXAMPLES = {
   distilsent score reviews.parquet scored.parquet --all-scores --resume
   cat reviews.jsonl | distilsent score - - > scored.jsonl
   distilsent score s3://bucket/reviews.parquet s3://bucket/scored --engine ray --address auto --shards""",
+    "cache": """examples:
+  distilsent cache list                                # one JSON line per cached ONNX graph
+  distilsent cache clear                               # remove them all; rebuilt on next use
+  DISTILSENT_CACHE=/big/disk distilsent predict "fine"  # keep the cache elsewhere""",
     "serve": """examples:
   distilsent serve --port 8000
   curl -s localhost:8000/ -H 'content-type: application/json' -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
@@ -581,6 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="backend for the features (default: onnx)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.set_defaults(run=cmd_fewshot)
+
+    p = verb("cache", "list or clear the ONNX graphs built from checkpoints' weights "
+                      "($DISTILSENT_CACHE, default ~/.cache/distilsent)")
+    p.add_argument("action", choices=("list", "clear"), help="list: one JSON line per graph; clear: remove them")
+    p.set_defaults(run=cmd_cache)
     return parser
 
 

@@ -16,7 +16,8 @@ MatMul): weights int8 per output channel, activations quantized per batch at run
 float32: a lookup costs no arithmetic, and the fused embedding op only takes float tables.
 
 A checkpoint without ``model.onnx`` gets its graph built once and cached under ``$DISTILSENT_CACHE`` (default
-``~/.cache/distilsent``) in ``onnx/<sha256 of config and weights>/model.onnx``.
+``~/.cache/distilsent``) in ``onnx/<sha256 of config and weights>/model.onnx``; :mod:`distilsent.cache` lists
+and clears it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .config import DistilBertConfig
 from .errors import CheckpointError, MissingDependencyError
 
 ONNX_NAME = "model.onnx"
+SOURCE_NAME = "source.txt"  # beside a cached graph: the checkpoint it was built from, for `distilsent cache list`
 # Bump when the graph layout changes, so that stale cached graphs are rebuilt rather than reused.
 GRAPH_VERSION = "1"
 OPSET = 17
@@ -300,6 +302,7 @@ def onnx_path(directory: Path, config: DistilBertConfig) -> Path:
     if not cached.is_file():
         try:
             write_onnx(directory, config, cached)
+            (cached.parent / SOURCE_NAME).write_text(str(directory.resolve()) + "\n", encoding="utf-8")
         except OSError as e:
             raise CheckpointError(
                 f"cannot write the ONNX graph cache at {cached.parent} ({e.strerror or e}); "
