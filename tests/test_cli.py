@@ -201,3 +201,12 @@ def test_eval_progress_on_stderr_unless_quiet(tiny_model_dir, tmp_path, capsys):
     assert captured.err.startswith("eval: 40/40 sequences (100%) ") and " sequences/s, in 0:00:" in captured.err
     assert main(["eval", str(tiny_model_dir), data, "--json", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_export_parity_progress_on_stderr_unless_quiet(tiny_model_dir, tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("parity: 24/24 texts (100%) ") and " in 0:00:" in err  # 12 texts, torch then ONNX
+    assert main(["export", str(tiny_model_dir), str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -118,8 +118,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
         examples = read_examples(args.parity_data, fmt=args.format)
         texts, labels = [e.text for e in examples], [e.label for e in examples]
-    model = None if args.model == "default" else args.model
-    result = export(model, args.out_dir, int8=args.int8, texts=texts, labels=labels)
+    result = export(args.model, args.out_dir, int8=args.int8, texts=texts, labels=labels, progress=not args.quiet)
     print(f"wrote {args.out_dir}")
     if result is not None:
         print(result.report())
@@ -501,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labelled file (TSV/CSV/JSONL/Parquet) to compare the export with the PyTorch model on: "
                         "max |logit difference|, label agreement, accuracy (default: a dozen built-in sentences)")
     data_format(p)
+    quiet(p)
     p.set_defaults(run=cmd_export)
 
     p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")

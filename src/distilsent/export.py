@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import InputError, MissingDependencyError
 from .onnx_graph import ONNX_NAME, write_onnx
+from .progress import Progress
 
 # Compared with the PyTorch model when no labelled file is given: short, long, mixed, odd.
 PARITY_TEXTS = (
@@ -57,10 +58,19 @@ class Parity:
         return "\n".join(lines)
 
 
-def parity(reference, candidate, texts: list[str], labels: list[int] | None = None) -> Parity:
-    """Compare two classifiers' logits on ``texts`` (and their accuracy when ``labels`` are given)."""
-    want = reference.logits(texts)
-    got = candidate.logits(texts)
+def parity(reference, candidate, texts: list[str], labels: list[int] | None = None, *,
+           progress: bool = False) -> Parity:
+    """Compare two classifiers' logits on ``texts`` (and their accuracy when ``labels`` are given).
+
+    ``progress`` shows the texts done by both on stderr: the PyTorch reference on a dev set takes a while.
+    """
+    want, got = (np.empty((len(texts), c.config.num_labels), dtype=np.float32) for c in (reference, candidate))
+    with Progress(2 * len(texts), desc="parity", unit="text", enabled=progress) as bar:
+        for classifier, out in ((reference, want), (candidate, got)):
+            sequences = classifier.encode(texts)
+            for batch in classifier.plan([len(s) for s in sequences]):
+                out[batch] = classifier.run_batch([sequences[i] for i in batch])
+                bar.update(len(batch))
     agree = want.argmax(-1) == got.argmax(-1)
     accuracies = {}
     if labels is not None:
@@ -79,11 +89,13 @@ def export(
     int8: bool = False,
     texts: list[str] | None = None,
     labels: list[int] | None = None,
+    progress: bool = False,
 ) -> Parity | None:
     """Write a self-contained ONNX model directory (graph, config, tokenizer, card) from a checkpoint.
 
     With ``texts`` the export is compared with the PyTorch model on them and the result is returned and
     written into the card; without torch installed that comparison is skipped and ``None`` returned.
+    ``progress`` shows that comparison's progress on stderr.
     """
     from .checkpoint import load_config, resolve
 
@@ -107,7 +119,7 @@ def export(
         except MissingDependencyError:
             reference = None  # exporting needs no torch; only this comparison does
         if reference is not None:
-            result = parity(reference, Classifier.load(out, backend="onnx"), texts, labels)
+            result = parity(reference, Classifier.load(out, backend="onnx"), texts, labels, progress=progress)
     card = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
     kind = "int8 (dynamic quantization of the encoder's weights; embeddings float32)" if int8 else "float32"
     card += (
