@@ -133,6 +133,12 @@ def test_default_is_the_embedded_model_everywhere():
     from distilsent import Classifier
 
     assert Classifier.load("default").config == Classifier.load().config
+    pytest.importorskip("fastapi")
+    from distilsent.service import load_classifier
+    from distilsent.service_settings import ServiceSettings
+
+    served = load_classifier(ServiceSettings(model="default"))  # what `serve --model default` loads
+    assert served("a gripping, beautiful film")[0]["label"] == "POSITIVE"
 
 
 def hub_cache(tiny_model_dir, tmp_path) -> Path:
