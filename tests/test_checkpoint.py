@@ -133,6 +133,7 @@ def test_default_is_the_embedded_model_everywhere():
     from distilsent import Classifier
 
     assert Classifier.load("default").config == Classifier.load().config
+    assert Classifier.load("default").name == Classifier.load().name == "distilsent-default"
     pytest.importorskip("fastapi")
     from distilsent.service import load_classifier
     from distilsent.service_settings import ServiceSettings

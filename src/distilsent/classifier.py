@@ -134,7 +134,7 @@ class Classifier:
         runs the directory's ``model.onnx`` (what ``distilsent export`` writes, float32 or int8), else a
         graph built from the weights once and cached; ``"torch"`` runs the PyTorch reference model.
         """
-        from .checkpoint import load_config, load_tokenizer, resolve
+        from .checkpoint import default_model_dir, load_config, load_tokenizer, resolve
 
         if backend not in BACKENDS:
             raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -142,7 +142,7 @@ class Classifier:
         config = load_config(directory)
         tokenizer = load_tokenizer(directory, config)
         runner = BACKENDS[backend].load(directory, config, threads)
-        name = str(path_or_id) if path_or_id is not None else "distilsent-default"
+        name = "distilsent-default" if directory == default_model_dir() else str(path_or_id)
         return cls(runner, tokenizer, config, name=name, **options)
 
     @property
