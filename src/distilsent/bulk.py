@@ -1,7 +1,7 @@
 """Bulk scoring of whole files: ``distilsent score IN OUT``.
 
 The input is read a chunk of rows at a time (:mod:`distilsent.tables`), each chunk is classified and
-written as one numbered part file in ``OUT.partial/``, and a manifest there records the finished chunks.
+written as one numbered part file in ``OUT.partial/`` (renamed into place only when whole).
 When every chunk is done the parts are joined into a temporary file that is renamed to ``OUT``: a crash
 never leaves a half-written ``OUT``, memory stays that of one chunk whatever the file size, and
 ``--resume`` re-reads the input, skips the finished chunks and continues. Chunks are cut at fixed row
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -31,6 +30,9 @@ import numpy as np
 
 from .data import TEXT_COLUMNS, detect_format
 from .errors import DataError, InputError
+from .long_text import aggregate as aggregate_windows
+from .long_text import check_strategy
+from .progress import Progress
 from .tables import Row, open_reader, open_writer, require_pyarrow
 
 ON_ERROR = ("fail", "skip", "mark")
@@ -53,12 +55,16 @@ class ScoreSettings:
     prefix: str = ""
     chunk_rows: int = CHUNK_ROWS
     batch_size: int | None = None
+    long_text: str | None = None  # None: the classifier's own (truncate); see distilsent.long_text
+    stride: int | None = None
+    aggregate: str | None = None
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
             raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
         if self.chunk_rows < 1:
             raise InputError("chunk_rows must be positive")
+        check_strategy(self.long_text or "truncate", self.aggregate or "mean")
 
 
 def find_text_column(columns: Iterable[str], given: str | None, source: str) -> str:
@@ -105,15 +111,12 @@ class Scorer:
                             "to name the new columns differently")
 
     def scores(self, texts: list[str]) -> np.ndarray:
-        """(n, labels) probabilities in label order, through the Classifier's public call."""
-        if not texts:
-            return np.zeros((0, len(self.clf.labels)))
-        index = {label: i for i, label in enumerate(self.clf.labels)}
-        out = np.empty((len(texts), len(index)))
-        for row, ranked in zip(out, self.clf(texts, top_k=None, batch_size=self.settings.batch_size)):
-            for item in ranked:
-                row[index[item["label"]]] = item["score"]
-        return out
+        """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports, from the same
+        steps (windows, run, scores, aggregate) without building its dicts."""
+        clf, settings = self.clf, self.settings
+        window_plan = clf.windows(texts, long_text=settings.long_text, stride=settings.stride)
+        window_scores = clf.scores(clf.run(window_plan.sequences, batch_size=settings.batch_size))
+        return aggregate_windows(window_scores, window_plan, len(texts), settings.aggregate or clf.aggregate)
 
     def score(self, records: list[dict], problems: list[str | None]) -> list[dict]:
         """The records with the new columns; rows with a problem get empty ones (and the problem when
@@ -128,9 +131,9 @@ class Scorer:
             s = by_row.get(i)
             best = None if s is None else int(s.argmax())
             row[self.label_key] = None if s is None else labels[best]
-            row[self.score_key] = None if s is None else float(s[best])
+            row[self.score_key] = None if s is None else s[best].item()
             for j, key in enumerate(self.label_keys):
-                row[key] = None if s is None else float(s[j])
+                row[key] = None if s is None else s[j].item()
             if self.settings.on_error == "mark":
                 row[self.error_key] = problem
             out.append(row)
@@ -181,58 +184,6 @@ class BadRows:
         return keep
 
 
-class Progress:
-    """Rows, rows/s and ETA on stderr: redrawn in place on a terminal, a plain line every ``every``
-    seconds otherwise (logs, CI), and a final line at the end."""
-
-    def __init__(self, enabled: bool, stream=None, every: float | None = None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = enabled and self.stream.isatty()
-        self.every = every if every is not None else (0.5 if self.tty else 10.0)
-        self.start = time.perf_counter()
-        self.last = self.start
-        self.rows = 0  # rows classified by this run (skipped ones of a resume are not)
-        self.done = 0  # rows accounted for, including resumed ones
-        self.fraction0 = None
-
-    def update(self, rows: int, scored: bool, fraction: float | None, force: bool = False) -> None:
-        self.done += rows
-        if scored:
-            self.rows += rows
-            if self.fraction0 is None:
-                self.fraction0 = 0.0 if fraction is None else fraction
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self.last < self.every):
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.rows / elapsed if elapsed > 0 else 0.0
-        line = f"{self.done:,} rows  {rate:,.0f} rows/s"
-        if fraction is not None:
-            line = f"{100 * fraction:5.1f}%  " + line
-            progressed = fraction - (self.fraction0 or 0.0)
-            if progressed > 0 and fraction < 1:
-                line += f"  ETA {_clock(elapsed * (1 - fraction) / progressed)}"
-        line += f"  {_clock(elapsed)} elapsed"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(70))
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.update(0, False, None, force=True)
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
     chunk: list[Row] = []
     for row in rows:
@@ -248,48 +199,43 @@ def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
 
 
 class PartsOutput:
-    """``OUT.partial/``: one part file per finished chunk and a manifest; joined and renamed at the end."""
+    """``OUT.partial/``: the run's identity (``manifest.json``, written once) and one part file per finished
+    chunk, each renamed into place when complete; joined and renamed over ``OUT`` at the end."""
 
     def __init__(self, target: str, fmt: str, identity: dict, resume: bool):
         self.target, self.fmt = Path(target), fmt
         self.directory = self.target.with_name(self.target.name + ".partial")
-        self.identity = identity
-        self.chunks: list[dict] = []
+        self.done = 0
         manifest = self.directory / MANIFEST
         if resume and manifest.is_file():
-            state = json.loads(manifest.read_text(encoding="utf-8"))
-            if state.get("identity") != identity:
-                changed = sorted(k for k in identity if state.get("identity", {}).get(k) != identity[k])
+            previous = json.loads(manifest.read_text(encoding="utf-8"))
+            if previous != identity:
+                changed = sorted(k for k in identity if previous.get(k) != identity[k])
                 raise InputError(f"cannot resume {target}: {', '.join(changed)} changed since the interrupted run; "
                                  f"run without --resume to start again")
-            self.chunks = state["chunks"]
+            while self.part(self.done).is_file():
+                self.done += 1
         else:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory.mkdir(parents=True)
-            self._save()
-
-    @property
-    def done(self) -> int:
-        return len(self.chunks)
+            temporary = self.directory / (MANIFEST + ".tmp")
+            temporary.write_text(json.dumps(identity), encoding="utf-8")
+            os.replace(temporary, manifest)
 
     def part(self, index: int) -> Path:
         return self.directory / f"{index:08d}.{self.fmt}"
 
-    def open(self, index: int, layout: "Layout"):
-        self.pending = self.part(index).with_suffix(".tmp")
-        if self.fmt == "parquet":
-            return open_writer(str(self.pending), "parquet", schema=layout.schema)
-        return open_writer(str(self.pending), self.fmt, columns=layout.columns, header=index == 0)
-
-    def commit(self, index: int, counts: Counts) -> None:
-        os.replace(self.pending, self.part(index))
-        self.chunks.append(asdict(counts))
-        self._save()
-
-    def _save(self) -> None:
-        temporary = self.directory / (MANIFEST + ".tmp")
-        temporary.write_text(json.dumps({"identity": self.identity, "chunks": self.chunks}), encoding="utf-8")
-        os.replace(temporary, self.directory / MANIFEST)
+    def write(self, index: int, layout: "Layout", records: list[dict], where: list[str]) -> None:
+        """Chunk ``index`` as its own part file: written beside, then renamed, so a part exists only whole."""
+        pending = self.directory / f"{index:08d}.tmp"
+        writer = open_writer(str(pending), self.fmt, columns=layout.columns, header=index == 0, schema=layout.schema,
+                             name=str(self.target))
+        try:
+            writer.write(records, where)
+        finally:
+            writer.close()
+        os.replace(pending, self.part(index))
+        self.done = index + 1
 
     def finish(self, layout: "Layout") -> None:
         """Join the parts into one file next to ``OUT`` and rename it over ``OUT``."""
@@ -353,7 +299,7 @@ def _file_identity(source: str) -> dict:
 def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resume: bool = False,
                  progress: bool = True, stderr=None) -> dict:
     """Score ``source`` into ``target`` with ``clf`` on this machine; ``-`` is JSONL on stdin/stdout.
-    Returns the summary (row counts, seconds, rows/s)."""
+    Returns the summary (row counts, seconds, rows/s of this run)."""
     stderr = stderr or sys.stderr
     in_fmt, out_fmt = detect_format(source), detect_format(target)
     if resume and "-" in (source, target):
@@ -363,69 +309,70 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
     start = time.perf_counter()
     reader = open_reader(source, in_fmt, batch_rows=settings.chunk_rows)
     try:
-        counts = Counts()
-        bad = BadRows(source, settings.on_error, stderr)
-        meter = Progress(progress, stderr)
-        scorer = layout = None
         output = None
         if target != "-":
             identity = {**_file_identity(source), **asdict(settings), "model": clf.name, "labels": clf.labels,
                         "output_format": out_fmt}
             output = PartsOutput(target, out_fmt, identity, resume)
-            for chunk in output.chunks:
-                counts.add(Counts(**chunk))
         resumed = output.done if output else 0
-        sink = None
+        meter = Progress(count_rows(source, in_fmt), desc="score", unit="row", enabled=progress, stream=stderr,
+                         initial=resumed * settings.chunk_rows)
+        counts, bad = Counts(), BadRows(source, settings.on_error, stderr)
+        scorer = layout = None
+        sink = None if output else open_writer("-", "jsonl", handle=sys.stdout)
         for index, rows in enumerate(chunked(reader, settings.chunk_rows)):
             if scorer is None:
                 columns = reader.columns if reader.columns is not None else [k for r in rows for k in r.record]
                 scorer = Scorer(clf, settings, find_text_column(dict.fromkeys(columns), settings.text_column, source))
                 layout = _layout(reader, rows, scorer, out_fmt)
                 scorer.check_columns(layout.columns[: len(layout.columns) - len(scorer.columns)], source)
-                if output is None:
-                    sink = open_writer("-", "jsonl", handle=sys.stdout)
-            if index < resumed:
-                meter.update(len(rows), False, _fraction(reader))
-                continue
             for row in rows:
                 scorer.check_columns(row.record, source)
             problems = bad.problems(rows, scorer.text_column)
-            keep = bad.apply(rows, problems)
+            keep = bad.apply(rows, problems)  # also for resumed chunks: the summary counts the whole file
+            counts.add(Counts(rows=len(rows), written=len(keep), skipped=len(rows) - len(keep),
+                              marked=sum(problems[i] is not None for i in keep)))
+            if index < resumed:
+                continue
             kept = [rows[i] for i in keep]
             records = scorer.score([r.record for r in kept], [problems[i] for i in keep])
-            chunk = Counts(rows=len(rows), written=len(records), skipped=len(rows) - len(keep),
-                           marked=sum(problems[i] is not None for i in keep))
             where = [r.where() for r in kept]
             if output is None:
                 sink.write(records, where)
                 sink.close()  # flushes stdout: a reader downstream sees each chunk as it is done
             else:
-                writer = output.open(index, layout)
-                try:
-                    writer.write(records, where)
-                finally:
-                    writer.close()
-                output.commit(index, chunk)
-            counts.add(chunk)
-            meter.update(len(rows), True, _fraction(reader))
-        if counts.rows == 0 and resumed == 0:
+                output.write(index, layout, records, where)
+            meter.update(len(rows))
+        if counts.rows == 0:
             raise DataError(f"{source}: no rows")
         if output is not None:
             output.finish(layout)
+        meter.total = counts.rows  # the estimate counted lines; a quoted CSV value may span several
         meter.close()
     finally:
         reader.close()
     seconds = time.perf_counter() - start
+    scored = counts.rows - min(counts.rows, resumed * settings.chunk_rows)
     return {**asdict(counts), "resumed_chunks": resumed, "output": target, "seconds": round(seconds, 3),
-            "rows_per_second": round(meter.rows / seconds, 1) if seconds > 0 else math.inf}
+            "rows_per_second": round(scored / seconds, 1)}
 
 
-def _fraction(reader) -> float | None:
-    if reader.total_rows:
-        return reader.position / reader.total_rows
-    if reader.size:
-        return reader.position / reader.size
-    return None
+def count_rows(source: str, fmt: str) -> int:
+    """Rows in ``source`` for the progress line: Parquet's metadata, else its lines (0 on stdin: unknown).
+    Counting newlines costs a fast pass over the file, small beside classifying it."""
+    if source == "-":
+        return 0
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(source).metadata.num_rows
+    lines, last = 0, b"\n"
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(0, lines - (fmt in ("csv", "tsv")))
 
 
 def score_file(source: str, target: str, *, model: str | None = None, threads: int | None = None,

@@ -226,9 +226,12 @@ class _JsonlWriter(_TextWriter):
 class _CsvWriter(_TextWriter):
     def __init__(self, handle: IO[str], path: str, owned: bool, delimiter: str, columns: list[str], header: bool):
         super().__init__(handle, path, owned)
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         self.columns = columns
-        self.writer = csv.writer(handle, delimiter=delimiter, quoting=quoting, lineterminator="\n")
+        if delimiter == "\t":  # unquoted, as read: '"' is a plain character
+            self.writer = csv.writer(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE, quotechar=None,
+                                     lineterminator="\n")
+        else:
+            self.writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
         if header:
             self.writer.writerow(columns)
 
@@ -247,11 +250,11 @@ class _CsvWriter(_TextWriter):
 
 
 class _ParquetWriter:
-    def __init__(self, path: str, schema):
+    def __init__(self, path: str, schema, name: str):
         require_pyarrow()
         import pyarrow.parquet as pq
 
-        self.path, self.schema = path, schema
+        self.path, self.schema = name, schema
         self.writer = pq.ParquetWriter(path, schema)
 
     def write(self, records: list[dict], numbers: list[str]) -> None:
@@ -269,14 +272,15 @@ class _ParquetWriter:
 
 
 def open_writer(path: str, fmt: str, *, columns: list[str] | None = None, header: bool = True, schema=None,
-                handle: IO[str] | None = None):
+                handle: IO[str] | None = None, name: str | None = None):
     """A writer with ``write(records, row_labels)`` and ``close()``: JSONL/CSV/TSV on ``handle`` (left open)
-    or a new file at ``path``; Parquet to ``path`` with the Arrow ``schema`` (every chunk must fit it)."""
+    or a new file at ``path``; Parquet to ``path`` with the Arrow ``schema`` (every chunk must fit it).
+    Errors name the file as ``name`` (the final output, when ``path`` is a temporary part)."""
     if fmt == "parquet":
-        return _ParquetWriter(path, schema)
+        return _ParquetWriter(path, schema, name or path)
     owned = handle is None
     if owned:
         handle = open(path, "w", encoding="utf-8", newline="")
     if fmt == "jsonl":
-        return _JsonlWriter(handle, path, owned)
-    return _CsvWriter(handle, path, owned, "\t" if fmt == "tsv" else ",", columns or [], header)
+        return _JsonlWriter(handle, name or path, owned)
+    return _CsvWriter(handle, name or path, owned, "\t" if fmt == "tsv" else ",", columns or [], header)

@@ -1,0 +1,293 @@
+"""``distilsent score``: every format in and out, row order, resume after a real kill, the bad-row
+policies, stdin/stdout, progress lines, and that a failed run never leaves a half-written output."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distilsent import Classifier
+from distilsent.bulk import ScoreSettings, score_stream
+from distilsent.cli import main
+from distilsent.errors import DataError, InputError
+from distilsent.progress import Progress
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+TEXTS = [
+    "a great film", "awful", "the plot is boring but the actors are fun", "", "i love this movie !",
+    "not good , not bad", "worst story", "the best", 'a "quoted" word, and a comma', "very very very good fun",
+    "émigré café ünïcödé", "it was the worst film of the year and i hate it",
+]
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model_dir):
+    return Classifier.load(tiny_model_dir)
+
+
+def write_table(path: Path, records: list[dict]) -> Path:
+    """``records`` in the format of ``path``'s extension; CSV/TSV values become strings."""
+    fmt = path.suffix.lstrip(".")
+    columns = list(records[0])
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(records), path, row_group_size=5)
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        with open(path, "w", encoding="utf-8", newline="") as handle:
+            if fmt == "tsv":
+                handle.write("".join("\t".join(map(str, r.values())) + "\n" for r in [dict(zip(columns, columns))] + records))
+            else:
+                writer = csv.writer(handle)
+                writer.writerow(columns)
+                writer.writerows([list(r.values()) for r in records])
+    return path
+
+
+def read_table(path: Path) -> list[dict]:
+    fmt = path.suffix.lstrip(".")
+    if fmt == "parquet":
+        return pq.read_table(path).to_pylist()
+    if fmt == "jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    with open(path, encoding="utf-8", newline="") as handle:
+        quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        return list(csv.DictReader(handle, delimiter="\t" if fmt == "tsv" else ",", quoting=quoting))
+
+
+def records(n: int = len(TEXTS)) -> list[dict]:
+    return [{"id": i, "review": TEXTS[i % len(TEXTS)], "stars": i % 5} for i in range(n)]
+
+
+@pytest.mark.parametrize("out_fmt", FORMATS)
+@pytest.mark.parametrize("in_fmt", FORMATS)
+def test_every_format_keeps_columns_and_order(tmp_path, clf, in_fmt, out_fmt):
+    rows = records(31)
+    if in_fmt == "tsv":  # an unquoted TSV value cannot hold what the CSV quoting test needs
+        rows = [{**r, "review": r["review"].replace('"', "")} for r in rows]
+    source = write_table(tmp_path / f"in.{in_fmt}", rows)
+    target = tmp_path / f"out.{out_fmt}"
+    summary = score_stream(clf, str(source), str(target), ScoreSettings(chunk_rows=4), progress=False)
+    assert summary["rows"] == summary["written"] == 31
+    out = read_table(target)
+    expected = clf([r["review"] for r in rows])
+    as_text = in_fmt in ("csv", "tsv") or out_fmt in ("csv", "tsv")
+    assert [list(r)[:3] for r in out] == [["id", "review", "stars"]] * 31
+    for got, row, want in zip(out, rows, expected):
+        for key in ("id", "review", "stars"):
+            assert (str(got[key]) if as_text else got[key]) == (str(row[key]) if as_text else row[key])
+        assert got["label"] == want["label"]
+        assert float(got["score"]) == pytest.approx(want["score"], abs=1e-6)
+    assert not (tmp_path / f"out.{out_fmt}.partial").exists()
+
+
+def test_all_scores_and_prefix(tmp_path, clf):
+    source = write_table(tmp_path / "in.jsonl", [{"text": t, "label": 1} for t in TEXTS])
+    with pytest.raises(DataError, match="already has a column 'label'; pass --prefix"):
+        score_stream(clf, str(source), str(tmp_path / "x.jsonl"), ScoreSettings(), progress=False)
+    target = tmp_path / "out.jsonl"
+    score_stream(clf, str(source), str(target), ScoreSettings(all_scores=True, prefix="pred_"), progress=False)
+    out = read_table(target)
+    expected = clf(TEXTS, top_k=None)
+    for got, want in zip(out, expected):
+        assert got["label"] == 1 and got["pred_label"] == want[0]["label"]
+        for item in want:
+            assert got[f"pred_score_{item['label']}"] == pytest.approx(item["score"], abs=1e-6)
+
+
+def test_csv_keeps_values_byte_for_byte(tmp_path, clf):
+    text = 'id,body,note\n1,"multi\nline, ""quoted""",x\n2,plain,\n'
+    source = tmp_path / "in.csv"
+    source.write_text(text, encoding="utf-8")
+    target = tmp_path / "out.csv"
+    score_stream(clf, str(source), str(target), ScoreSettings(text_column="body"), progress=False)
+    lines = target.read_text(encoding="utf-8")
+    assert lines.startswith('id,body,note,label,score\n1,"multi\nline, ""quoted""",x,')
+    assert read_table(target)[1]["note"] == ""
+
+
+def _cli(tmp_path, tiny_model_dir, *args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "distilsent", "score", *map(str, args), "--model", str(tiny_model_dir)],
+                          capture_output=True, cwd=tmp_path, **kwargs)
+
+
+def test_resume_after_a_killed_run_writes_the_same_bytes(tmp_path, tiny_model_dir):
+    rows = records(20_000)
+    source = write_table(tmp_path / "big.csv", rows)
+    reference = tmp_path / "reference.jsonl"
+    score_stream(Classifier.load(tiny_model_dir), str(source), str(reference), ScoreSettings(chunk_rows=100),
+                 progress=False)
+
+    target = tmp_path / "out.jsonl"
+    partial = tmp_path / "out.jsonl.partial"
+    process = subprocess.Popen([sys.executable, "-m", "distilsent", "score", str(source), str(target), "--model",
+                                str(tiny_model_dir), "--chunk-rows", "100", "--quiet"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (partial / "00000020.jsonl").is_file():
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    finished = len(list(partial.glob("*.jsonl")))
+    assert 20 <= finished < 200
+    assert not target.exists()  # nothing half-written under the output's name
+
+    resumed = _cli(tmp_path, tiny_model_dir, source, target, "--chunk-rows", "100", "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_chunks"] >= finished and summary["rows"] == summary["written"] == 20_000
+    assert target.read_bytes() == reference.read_bytes()
+    assert not partial.exists()
+
+
+def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf):
+    source = write_table(tmp_path / "in.csv", records(30))
+    target = tmp_path / "out.csv"
+    partial = tmp_path / "out.csv.partial"
+    settings = ScoreSettings(chunk_rows=10)
+    # An interrupted run, simulated by a bad row in the last chunk that stops it after two chunks.
+    rows = records(30)
+    rows[25]["review"] = None
+    jsonl = write_table(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match="row 26"):
+        score_stream(clf, str(jsonl), str(target), settings, progress=False)
+    assert not target.exists() and sorted(p.name for p in partial.glob("0*")) == ["00000000.csv", "00000001.csv"]
+    with pytest.raises(InputError, match="on_error changed"):
+        score_stream(clf, str(jsonl), str(target), ScoreSettings(chunk_rows=10, on_error="skip"), resume=True,
+                     progress=False)
+    write_table(jsonl, records(30))
+    with pytest.raises(InputError, match="cannot resume .* input_"):
+        score_stream(clf, str(jsonl), str(target), settings, resume=True, progress=False)
+    summary = score_stream(clf, str(source), str(target), settings, progress=False)  # no --resume: starts over
+    assert summary["resumed_chunks"] == 0 and summary["written"] == 30 and not partial.exists()
+
+
+@pytest.mark.parametrize("fmt", ("jsonl", "parquet"))
+@pytest.mark.parametrize("on_error", ("fail", "skip", "mark"))
+def test_rows_without_text(tmp_path, clf, fmt, on_error):
+    rows = [{"text": "a great film", "n": 1}, {"text": None, "n": 2}, {"text": "awful", "n": 3}]
+    if fmt == "jsonl":
+        rows.append({"n": 4})  # no text field at all
+        rows.append({"text": 7, "n": 5})  # not a string
+    source = write_table(tmp_path / f"in.{fmt}", rows)
+    target = tmp_path / "out.jsonl"
+    target.write_text("previous output\n")
+    settings = ScoreSettings(on_error=on_error)
+    err = io.StringIO()
+    if on_error == "fail":
+        with pytest.raises(DataError, match=r"row 2\b.*the text is missing"):
+            score_stream(clf, str(source), str(target), settings, progress=False, stderr=err)
+        assert target.read_text() == "previous output\n"  # a failed run leaves OUT as it was
+        return
+    summary = score_stream(clf, str(source), str(target), settings, progress=False, stderr=err)
+    out = read_table(target)
+    bad = len(rows) - 2
+    assert summary["rows"] == len(rows)
+    assert "row 2" in err.getvalue() and ("row 5" in err.getvalue()) == (fmt == "jsonl")
+    if on_error == "skip":
+        assert summary["skipped"] == bad and summary["written"] == 2 and [r["n"] for r in out] == [1, 3]
+    else:
+        assert summary["marked"] == bad and summary["written"] == len(rows)
+        assert [r["n"] for r in out] == [r["n"] for r in rows]
+        assert [r["label"] is None for r in out] == [r.get("text") is None or r["n"] == 5 for r in rows]
+        assert out[1]["error"] == "the text is missing" and out[0]["error"] is None
+        if fmt == "jsonl":
+            assert out[4]["error"] == "the text is int, not a string"
+
+
+def test_malformed_text_rows_carry_their_line_numbers(tmp_path, clf):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"text,n\ngood,1\nthree,fields,here\nbroken \xff utf8,3\nlast,4\n")
+    err = io.StringIO()
+    summary = score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(on_error="skip"),
+                           progress=False, stderr=err)
+    assert summary["skipped"] == 2 and summary["written"] == 2
+    assert "row 2 (line 3): expected 2 fields, found 3" in err.getvalue()
+    assert "row 3 (line 4): invalid UTF-8" in err.getvalue()
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "ok"}\n\n{not json\n[1, 2]\n')
+    err = io.StringIO()
+    summary = score_stream(clf, str(jsonl), str(tmp_path / "o.jsonl"), ScoreSettings(on_error="mark"),
+                           progress=False, stderr=err)
+    assert summary["marked"] == 2
+    assert "row 2 (line 3): invalid JSON" in err.getvalue() and "row 3 (line 4): expected a JSON object" in err.getvalue()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing.csv", "out.csv"], "missing.csv: no such file"),
+        (["in.txt", "out.csv"], "in.txt: cannot tell the format from the extension"),
+        (["in.csv", "out.xlsx"], "out.xlsx: cannot tell the format from the extension"),
+        (["in.csv", "out.csv", "--text-column", "body"], "no text column 'body'; columns are id, review, stars"),
+        (["nocolumn.csv", "out.csv"], "cannot find a text column among a, b; pass --text-column"),
+        (["in.csv", "in.csv"], "the output would overwrite the input"),
+        (["-", "out.csv", "--resume"], "--resume needs files"),
+        (["empty.csv", "out.csv"], "empty.csv: the file is empty"),
+    ],
+)
+def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "in.csv", records(3))
+    (tmp_path / "in.txt").write_text("x")
+    (tmp_path / "nocolumn.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    code = main(["score", *argv, "--model", str(tiny_model_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("distilsent: error:") and message in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_stdin_to_stdout(tmp_path, tiny_model_dir, clf):
+    data = "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS))
+    done = _cli(tmp_path, tiny_model_dir, "-", "-", "--chunk-rows", "5", input=data.encode())
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [r["id"] for r in out] == list(range(len(TEXTS)))
+    assert [r["label"] for r in out] == [p["label"] for p in clf(TEXTS)]
+    summary = json.loads(done.stderr.decode().strip().splitlines()[-1])  # the summary goes to stderr
+    assert summary["written"] == len(TEXTS)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_progress_lines_when_not_a_terminal(tmp_path, clf, monkeypatch, fmt):
+    monkeypatch.setattr("distilsent.bulk.Progress", functools.partial(Progress, interval=0.0))
+    rows = records(30)
+    rows[3]["review"] = "two\nlines"  # a quoted CSV value over two lines: the line count is only an estimate
+    if fmt == "tsv":
+        rows[3]["review"] = "one line"
+    source = write_table(tmp_path / f"in.{fmt}", rows)
+    err = io.StringIO()
+    score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(chunk_rows=10), stderr=err)
+    lines = err.getvalue().splitlines()
+    assert "\r" not in err.getvalue()
+    assert lines[0].startswith("score: 10/3") and "rows/s" in lines[0] and "ETA" in lines[0]
+    assert lines[-1].startswith("score: 30/30 rows (100%)")
+
+
+def test_long_text_strategies_match_the_classifier(tmp_path, clf):
+    long_texts = [" ".join(["the film was great fun"] * 30 + ["but the ending was awful"] * k) for k in range(1, 6)]
+    source = write_table(tmp_path / "in.jsonl", [{"text": t} for t in long_texts + TEXTS[:3]])
+    texts = long_texts + TEXTS[:3]
+    for options in ({"long_text": "head_tail"}, {"long_text": "window", "stride": 16, "aggregate": "max"}):
+        target = tmp_path / "out.jsonl"
+        score_stream(clf, str(source), str(target), ScoreSettings(all_scores=True, chunk_rows=3, **options),
+                     progress=False)
+        expected = clf(texts, top_k=None, **options)
+        for got, want in zip(read_table(target), expected):
+            assert {k: got[f"score_{k}"] for k in clf.labels} == {d["label"]: d["score"] for d in want}
