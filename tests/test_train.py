@@ -194,10 +194,19 @@ def test_train_verb(tiny_model_dir, tmp_path, capsys):
                  str(tmp_path / "run"), "--model", str(tiny_model_dir), "--preset", "sst2", "--lr", "1e-3",
                  "--epochs", "1", "--quiet"])
     assert code == 0
-    report = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    report = json.loads(out)
     assert report["best"]["step"] == 2  # 64 examples, batch 32, evaluated at the end of the epoch
+    # the preset's 600 warm-up steps on this 2-step run: cut, and said in one line
+    assert err == ("distilsent: warning: warm-up of 600 steps is not shorter than the run (2 steps), so the "
+                   "learning rate would stay near zero; warming up over 1 steps instead (10% of the run; pass "
+                   "--warmup-steps or --max-steps to choose)\n")
     card = (tmp_path / "run" / "best" / "README.md").read_text()
     assert '"learning_rate": 0.001' in card and "train.tsv" in card
+    code = main(["train", str(tmp_path / "train.tsv"), "--dev", str(tmp_path / "train.tsv"), "--out",
+                 str(tmp_path / "short"), "--model", str(tiny_model_dir), "--batch-size", "8", "--max-steps", "3",
+                 "--warmup-steps", "1", "--quiet"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["best"]["step"] == 3
 
 
 def test_every_extra_that_trains_requires_a_torch_with_fused_cpu_adamw():
