@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distilsent import Classifier
@@ -291,3 +292,16 @@ def test_long_text_strategies_match_the_classifier(tmp_path, clf):
         expected = clf(texts, top_k=None, **options)
         for got, want in zip(read_table(target), expected):
             assert {k: got[f"score_{k}"] for k in clf.labels} == {d["label"]: d["score"] for d in want}
+
+
+@pytest.mark.parametrize("fmt", ("jsonl", "parquet"))
+def test_embeddings_column(tmp_path, clf, fmt):
+    source = write_table(tmp_path / "in.csv", records(12))
+    target = tmp_path / f"out.{fmt}"
+    score_stream(clf, str(source), str(target), ScoreSettings(embeddings="mean", chunk_rows=5), progress=False)
+    got = [r["embedding"] for r in read_table(target)]
+    expected = clf.embed(TEXTS[:12], pooling="mean")
+    assert len(got) == 12 and all(len(v) == clf.config.dim for v in got)
+    np.testing.assert_allclose(np.array(got), expected, atol=1e-6)
+    with pytest.raises(InputError, match="CSV cannot hold"):
+        score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(embeddings="cls"), progress=False)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .data import TEXT_COLUMNS, detect_format
+from .embeddings import POOLINGS
 from .errors import DataError, InputError
 from .long_text import aggregate as aggregate_windows
 from .long_text import check_strategy
@@ -58,6 +59,7 @@ class ScoreSettings:
     long_text: str | None = None  # None: the classifier's own (truncate); see distilsent.long_text
     stride: int | None = None
     aggregate: str | None = None
+    embeddings: str | None = None  # a pooling ("cls" or "mean"): add each text's embedding, see Classifier.embed
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -65,6 +67,8 @@ class ScoreSettings:
         if self.chunk_rows < 1:
             raise InputError("chunk_rows must be positive")
         check_strategy(self.long_text or "truncate", self.aggregate or "mean")
+        if self.embeddings not in (None, *POOLINGS):
+            raise InputError(f"embeddings pooling must be one of {', '.join(POOLINGS)}, got {self.embeddings!r}")
 
 
 def find_text_column(columns: Iterable[str], given: str | None, source: str) -> str:
@@ -100,9 +104,23 @@ class Scorer:
         p = settings.prefix
         self.label_key, self.score_key, self.error_key = f"{p}label", f"{p}score", f"{p}error"
         self.label_keys = [f"{p}score_{label}" for label in clf.labels] if settings.all_scores else []
+        self.embedding_key = f"{p}embedding"
         self.columns = [self.label_key, self.score_key, *self.label_keys]
+        if settings.embeddings:
+            self.columns.append(self.embedding_key)
         if settings.on_error == "mark":
             self.columns.append(self.error_key)
+
+    def arrow_fields(self) -> list:
+        """The Arrow types of :attr:`columns`, in order."""
+        pa = require_pyarrow()
+        fields = [pa.field(self.label_key, pa.string()), pa.field(self.score_key, pa.float64())]
+        fields += [pa.field(key, pa.float64()) for key in self.label_keys]
+        if self.settings.embeddings:
+            fields.append(pa.field(self.embedding_key, pa.list_(pa.float32())))
+        if self.settings.on_error == "mark":
+            fields.append(pa.field(self.error_key, pa.string()))
+        return fields
 
     def check_columns(self, columns: Iterable[str], source: str) -> None:
         taken = [c for c in self.columns if c in set(columns)]
@@ -122,7 +140,12 @@ class Scorer:
         """The records with the new columns; rows with a problem get empty ones (and the problem when
         marking). ``problems[i]`` is set for a row that is malformed or has no text."""
         good = [i for i, p in enumerate(problems) if p is None]
-        scores = self.scores([records[i][self.text_column] for i in good])
+        texts = [records[i][self.text_column] for i in good]
+        scores = self.scores(texts)
+        vectors = {}
+        if self.settings.embeddings and texts:
+            embedded = self.clf.embed(texts, pooling=self.settings.embeddings, batch_size=self.settings.batch_size)
+            vectors = dict(zip(good, embedded.tolist()))
         labels = self.clf.labels
         out = []
         by_row = dict(zip(good, scores))
@@ -134,6 +157,8 @@ class Scorer:
             row[self.score_key] = None if s is None else s[best].item()
             for j, key in enumerate(self.label_keys):
                 row[key] = None if s is None else s[j].item()
+            if self.settings.embeddings:
+                row[self.embedding_key] = vectors.get(i)
             if self.settings.on_error == "mark":
                 row[self.error_key] = problem
             out.append(row)
@@ -271,6 +296,8 @@ def _layout(reader, first: list[Row], scorer: Scorer, fmt: str) -> Layout:
         inputs = list(dict.fromkeys(k for row in first for k in row.record))
     columns = inputs + scorer.columns
     if fmt != "parquet":
+        if scorer.settings.embeddings and fmt != "jsonl":
+            raise InputError(f"embeddings are lists of numbers, which {fmt.upper()} cannot hold; write JSONL or Parquet")
         return Layout(columns)
     pa = require_pyarrow()
     if getattr(reader, "schema", None) is not None:
@@ -281,11 +308,7 @@ def _layout(reader, first: list[Row], scorer: Scorer, fmt: str) -> Layout:
         good = [row.record for row in first if row.problem is None]
         inferred = pa.Table.from_pylist(good).schema if good else pa.schema([])
         fields = [inferred.field(c) if c in inferred.names else pa.field(c, pa.string()) for c in inputs]
-    fields += [pa.field(scorer.label_key, pa.string()), pa.field(scorer.score_key, pa.float64())]
-    fields += [pa.field(key, pa.float64()) for key in scorer.label_keys]
-    if scorer.settings.on_error == "mark":
-        fields.append(pa.field(scorer.error_key, pa.string()))
-    return Layout(columns, pa.schema(fields))
+    return Layout(columns, pa.schema(fields + scorer.arrow_fields()))
 
 
 def _file_identity(source: str) -> dict:

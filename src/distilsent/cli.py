@@ -289,7 +289,8 @@ def cmd_score(args: argparse.Namespace) -> None:
                          resume=args.resume, progress=not args.quiet, ray_options=ray_options,
                          text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                          prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-                         long_text=args.long_text, stride=args.stride, aggregate=args.aggregate)
+                         long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
+                         embeddings=args.embeddings)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -382,6 +383,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import LABELS
     from .data import FORMATS
     from .backends import BACKENDS
     from .service_settings import ServiceSettings
@@ -435,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="DistilBERT or BERT checkpoint to start from (default: all-MiniLM-L6-v2, converted)")
     p.add_argument("--preset", choices=["sst2", "imdb"], default=None, help="a published recipe to start from")
-    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"), help="label names in id order")
+    p.add_argument("--labels", type=_labels, default=LABELS,
+                   help=f"label names in id order (default: {','.join(LABELS)})")
     data_columns(p)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate")
     p.add_argument("--batch-size", type=_positive_int, default=None)
@@ -487,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("convert", "turn a BERT checkpoint into a DistilBERT-layout classifier (exact encoder)")
     p.add_argument("bert_dir", metavar="BERT_DIR")
     p.add_argument("out", metavar="OUT_DIR")
-    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"))
+    p.add_argument("--labels", type=_labels, default=LABELS)
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained head")
     p.set_defaults(run=cmd_convert)
 
@@ -521,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
     p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
     p.add_argument("--all-scores", action="store_true", help="also one score_<LABEL> column per label")
+    p.add_argument("--embeddings", nargs="?", const="cls", choices=("cls", "mean"), default=None, metavar="POOLING",
+                   help="also an embedding column (JSONL/Parquet): the [CLS] vector (default) or the token mean")
     p.add_argument("--on-error", choices=("fail", "skip", "mark"), default="fail",
                    help="a row without text: stop (default), leave it out, or keep it with an error column")
     p.add_argument("--prefix", default="", help="prefix of the new column names, e.g. pred_ when IN has a label")
@@ -591,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("train_file", metavar="TRAIN_FILE", help="labelled CSV/TSV/JSONL/Parquet file (- reads JSONL)")
     p.add_argument("--out", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--model", default=None, help="the frozen base: directory or Hub id (default: the embedded model)")
-    p.add_argument("--labels", type=_labels, default=("NEGATIVE", "POSITIVE"), help="label names in id order")
+    p.add_argument("--labels", type=_labels, default=LABELS,
+                   help=f"label names in id order (default: {','.join(LABELS)})")
     p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
     p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
     data_format(p)

@@ -174,11 +174,7 @@ def _numbered(ray, ds, row_key: str):
 
 def _output_schema(pa, input_schema, row_key: str, scorer: Scorer):
     fields = [pa.field(row_key, pa.int64())] + [input_schema.field(n) for n in input_schema.names if n != row_key]
-    fields += [pa.field(scorer.label_key, pa.string()), pa.field(scorer.score_key, pa.float64())]
-    fields += [pa.field(key, pa.float64()) for key in scorer.label_keys]
-    if scorer.settings.on_error == "mark":
-        fields.append(pa.field(scorer.error_key, pa.string()))
-    return pa.schema(fields)
+    return pa.schema(fields + scorer.arrow_fields())
 
 
 class _Labels:
@@ -200,6 +196,8 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         raise InputError("--engine ray reads and writes files; use the local engine for stdin/stdout")
     in_fmt = detect_format(source)
     out_fmt = "parquet" if shards and not Path(target).suffix else detect_format(target)
+    if settings.embeddings and out_fmt in ("csv", "tsv"):
+        raise InputError(f"embeddings are lists of numbers, which {out_fmt.upper()} cannot hold; write JSONL or Parquet")
     if "://" not in source and not Path(source).is_file():
         raise DataError(f"{source}: no such file")
     ray = require_ray()
