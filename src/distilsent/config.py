@@ -18,8 +18,12 @@ ACTIVATIONS = ("gelu", "relu")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 
 
+# Binary sentiment's labels in id order: the default of a new model, of `train`/`convert` and of data files.
+LABELS = ("NEGATIVE", "POSITIVE")
+
+
 def _default_id2label() -> dict[int, str]:
-    return {0: "NEGATIVE", 1: "POSITIVE"}
+    return dict(enumerate(LABELS))
 
 
 @dataclass(frozen=True)

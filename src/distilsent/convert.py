@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .config import DistilBertConfig
+from .config import LABELS, DistilBertConfig
 from .errors import CheckpointError, MissingDependencyError
 
 LAYER_NAMES = {
@@ -67,7 +67,7 @@ def bert_state_dict(bert: dict, n_layers: int) -> dict:
 
 
 def convert_bert(
-    bert_dir: str | os.PathLike, labels: tuple[str, ...] = ("NEGATIVE", "POSITIVE"), seed: int = 0
+    bert_dir: str | os.PathLike, labels: tuple[str, ...] = LABELS, seed: int = 0
 ):
     """A DistilBERT classifier whose encoder equals the BERT encoder in ``bert_dir``; returns (model, tokenizer)."""
     try:

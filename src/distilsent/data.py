@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import LABELS
 from .errors import DataError, MissingDependencyError
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
@@ -148,7 +149,7 @@ def read_examples(
     *,
     text_column: str | None = None,
     label_column: str | None = None,
-    labels: Sequence[str] = ("NEGATIVE", "POSITIVE"),
+    labels: Sequence[str] = LABELS,
     fmt: str | None = None,
 ) -> list[Example]:
     """Every labelled example of a file (``-`` reads JSONL from stdin)."""
