@@ -171,6 +171,18 @@ def with_section(card: str, section: str) -> str:
     return card[:start] + "\n" + section + "\n" + rest
 
 
+def fit(classifier, examples, data: str) -> Calibration:
+    """Fit ``T`` for ``classifier`` on labelled ``examples`` read with its long-text strategy; with windows,
+    each window is one example with its text's label (``T`` belongs to the model, which scores one window
+    at a time)."""
+    if len(classifier.labels) < 2 or classifier.default_function != "softmax":
+        raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
+    window_plan = classifier.windows([e.text for e in examples])
+    logits = classifier.run(window_plan.sequences)
+    labels = np.array([e.label for e in examples])[window_plan.owner]
+    return measure(logits, labels, classifier.labels, data)
+
+
 def calibrate(
     model: str | os.PathLike | None,
     file: str | os.PathLike,
@@ -186,9 +198,8 @@ def calibrate(
     """Fit temperature scaling for ``model`` (a directory, Hub id, or ``None`` for the default model) on the
     labelled ``file`` and write the calibrated checkpoint to ``out``; returns what was fitted and measured.
 
-    ``options`` go to :class:`~distilsent.classifier.Classifier` (e.g. ``long_text="head_tail"``): the texts
-    are read as the model will read them; with windows, each window is one example with its text's label
-    (``T`` belongs to the model, which scores one window at a time)."""
+    ``options`` go to :class:`~distilsent.classifier.Classifier` (e.g. ``long_text="head_tail"``), so the
+    texts are read as the model will read them (see :func:`fit`)."""
     from .checkpoint import resolve
     from .classifier import Classifier
     from .data import read_examples
@@ -196,14 +207,9 @@ def calibrate(
 
     source = resolve(model)
     classifier = Classifier.load(source, backend=backend, threads=threads, **options)
-    if len(classifier.labels) < 2 or classifier.default_function != "softmax":
-        raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
     examples = read_examples(file, text_column=text_column, label_column=label_column, labels=classifier.labels,
                              fmt=fmt)
-    window_plan = classifier.windows([e.text for e in examples])
-    logits = classifier.run(window_plan.sequences)
-    labels = np.array([e.label for e in examples])[window_plan.owner]
-    fitted = measure(logits, labels, classifier.labels, Path(file).name if str(file) != "-" else "stdin")
+    fitted = fit(classifier, examples, Path(file).name if str(file) != "-" else "stdin")
     card_path = source / "README.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else f"# {Path(out).name}\n"
     digest = sha256(file) if str(file) != "-" else None

@@ -4,6 +4,10 @@
   with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered in the shapes
   of ``pipeline("text-classification")``; a body with ``raw_scores`` or ``truncate`` is a
   text-embeddings-inference (TEI) call and is answered as TEI does (every label, best first, per text).
+  distilsent adds ``long_text`` (truncate, head_tail, window), ``stride`` and ``aggregate`` (mean, max) to
+  both bodies (in ``parameters``, or top-level in a TEI body), and ``neutral_below`` to ``parameters``;
+  without a ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows``
+  caps the sequences one request may run (413).
   A body with neither gets the shape its route is known for: Hugging Face on ``/``, TEI on ``/predict``.
   A body with both is invalid. A list of strings is always a batch of texts.
 - ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
@@ -58,6 +62,7 @@ except ImportError as e:
 
 from .batcher import Batcher
 from .classifier import FUNCTIONS, Classifier
+from .long_text import WindowPlan, aggregate
 from .service_settings import ServiceSettings
 from .ui import explain_for_page, page
 
@@ -76,6 +81,15 @@ RETRY_AFTER_S = {429: 1, 503: 5}  # what 429 and 503 tell clients to wait before
 
 # ---------------------------------------------------------------------------------------------- bodies
 
+LongText = Literal["truncate", "head_tail", "window"]
+Aggregate = Literal["mean", "max"]
+LONG_TEXT = Field(default=None, description="distilsent: texts over the maximum length are cut (truncate), read "
+                  "as their first 128 + last 382 tokens (head_tail) or as windows whose scores are aggregated "
+                  "(window); default: the server's --long-text, else 422 for such texts")
+STRIDE = Field(default=None, ge=1, description="distilsent: with window, a window starts every this many tokens")
+AGGREGATE = Field(default=None, description="distilsent: with window, the mean of the windows' scores weighted by "
+                  "their tokens, or the most confident window (max); default mean")
+
 
 class Parameters(BaseModel):
     """Hugging Face Inference API parameters of text classification."""
@@ -86,6 +100,14 @@ class Parameters(BaseModel):
     )
     function_to_apply: Literal[FUNCTIONS] | None = None  # type: ignore[valid-type]
     truncation: StrictBool = Field(default=False, description="cut texts over the maximum length instead of 422")
+    # distilsent's own fields (not in the Hugging Face API): long texts and the abstain band.
+    long_text: LongText | None = LONG_TEXT
+    stride: StrictInt | None = STRIDE
+    aggregate: Aggregate | None = AGGREGATE
+    neutral_below: float | None = Field(
+        default=None, ge=0, le=1, description="distilsent: label NEUTRAL when the best score is below this "
+        "(binary models, one-best answers)",
+    )
 
 
 INPUTS = Field(description="a text, or a list of texts (a batch, never a pair)")
@@ -109,6 +131,9 @@ class TeiRequest(BaseModel):
     inputs: StrictStr | list[StrictStr] = INPUTS
     raw_scores: StrictBool | None = Field(default=None, description="logits instead of probabilities")
     truncate: StrictBool | None = Field(default=None, description="cut texts over the maximum length")
+    long_text: LongText | None = LONG_TEXT
+    stride: StrictInt | None = STRIDE
+    aggregate: Aggregate | None = AGGREGATE
 
 
 PredictRequest = TypeAdapter(Union[HuggingFaceRequest, TeiRequest])
@@ -421,34 +446,59 @@ class Service:
         if style == "hf":
             parameters = getattr(body, "parameters", None) or Parameters()
             truncation, function = parameters.truncation, parameters.function_to_apply
+            reading = parameters
         else:
             truncation = bool(getattr(body, "truncate", None))
             function = "none" if getattr(body, "raw_scores", None) else None
-        sequences = await self._encode(classifier, texts, truncation)
+            reading = body if isinstance(body, TeiRequest) else TeiRequest(inputs=texts)
+        strategy = reading.long_text or (None if truncation else s.long_text)  # an asked-for cut wins
+        long_text = {"long_text": strategy, "stride": reading.stride or s.stride}
+        window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
+        sequences = window_plan.sequences
+        if len(sequences) > s.max_request_windows:
+            raise ServiceError(413, "too_large", f"{len(sequences)} windows in one request, over the limit of "
+                               f"{s.max_request_windows}; send fewer or shorter texts, or a larger stride")
         tokens = sum(len(sequence) for sequence in sequences)
         if tokens > s.max_queue_tokens:
             raise ServiceError(413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}")
         logits = await self._submit(request, sequences)
-        scores = classifier.scores(logits, function)
+        scores = aggregate(classifier.scores(logits, function), window_plan, len(texts), reading.aggregate or "mean")
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
-        if "top_k" not in parameters.model_fields_set:  # the pipeline's one-best shape
-            return classifier.format(scores)
-        return classifier.format(scores, top_k=parameters.top_k, single=single)
+        neutral = {"neutral_below": parameters.neutral_below} if parameters.neutral_below is not None else {}
+        try:
+            if "top_k" not in parameters.model_fields_set:  # the pipeline's one-best shape
+                return classifier.format(scores, **neutral)
+            return classifier.format(scores, top_k=parameters.top_k, single=single, **neutral)
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
 
-    async def _encode(self, classifier: Classifier, texts: list[str], truncation: bool) -> list[list[int]]:
+    async def _encode(
+        self, classifier: Classifier, texts: list[str], truncation: bool, long_text: dict | None
+    ) -> WindowPlan:
+        """The sequences to run: one per text as cut (or refused) by ``truncation``, or the ``long_text``
+        plan (:meth:`Classifier.windows`) when the request or the server names a strategy."""
         for i, text in enumerate(texts):
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 raise ServiceError(422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)") from None
+        def work() -> WindowPlan:
+            if long_text is None:
+                return WindowPlan.one_each(classifier.encode(texts, truncation=truncation))
+            return classifier.windows(texts, **long_text)
+
         try:
             if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._tokenizers, lambda: classifier.encode(texts, truncation=truncation))
-            return classifier.encode(texts, truncation=truncation)
+                return await loop.run_in_executor(self._tokenizers, work)
+            return work()
         except InputError as e:
-            raise ServiceError(422, "validation", f"{e}; send truncation/truncate true to cut it") from None
+            if long_text is not None:
+                raise ServiceError(422, "validation", str(e)) from None
+            raise ServiceError(
+                422, "validation", f"{e}; send truncation/truncate true to cut it, or a long_text (head_tail, window)"
+            ) from None
 
     async def _submit(self, request: Request, sequences: list[list[int]]):
         """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
@@ -492,6 +542,8 @@ class Service:
             "max_queue_texts": s.max_queue_texts,
             "max_queue_tokens": s.max_queue_tokens,
             "max_client_batch_size": s.max_request_texts,
+            "long_text": s.long_text,
+            "max_request_windows": s.max_request_windows,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_body_bytes": s.max_body_bytes,
         }

@@ -39,6 +39,15 @@ class ServiceSettings:
     # about 1 s with the default model on 2 cores), and the token ids and activations held stay small.
     max_queue_tokens: int = option(65536, "tokens queued or computing before new requests get 429")
     max_request_texts: int = option(256, "texts in one request before 413")
+    # Long texts: a request may ask for head_tail or windows (distilsent's long_text, stride, aggregate
+    # fields); without them an over-long text is a 422, unless --long-text sets the server's default.
+    long_text: str | None = option(
+        None, "default for requests that do not say: truncate, head_tail or window (default: none, over-long "
+        "texts get 422 unless the request asks for truncation or a long_text)", type=str,
+    )
+    stride: int | None = option(None, "default window stride in tokens (default: half a window)", type=int)
+    # A 5,000-word review is about 26 windows at the default stride: this admits a few such reviews per request.
+    max_request_windows: int = option(128, "windows (sequences run) in one request before 413")
     max_concurrent_requests: int = option(512, "requests whose body is in and that are being served, before 429")
     max_body_bytes: int = option(1 << 20, "request body size before 413")
     tokenize_threads: int = option(1, "threads that tokenize large requests (at most this many at once)")
@@ -72,6 +81,12 @@ class ServiceSettings:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
             raise InputError(f"port must be between 1 and 65535, got {self.port}")
+        if self.long_text is not None:
+            from .long_text import check_strategy
+
+            check_strategy(self.long_text)
+        if self.stride is not None and self.stride < 1:
+            raise InputError(f"stride must be positive, got {self.stride}")
         if self.max_request_texts > self.max_queue_texts:
             raise InputError("max_request_texts cannot exceed max_queue_texts: such a request could never run")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
