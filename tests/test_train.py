@@ -112,10 +112,16 @@ def test_resume_refuses_other_settings(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_finished_run_leaves_no_resume_state_and_is_not_overwritten(tiny_model_dir, tmp_path):
     model, tokenizer = fresh(tiny_model_dir)
-    train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
+    summary = train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "metrics.json"]
-    with pytest.raises(InputError, match="holds a finished run"):
-        train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
+    saved = (tmp_path / "best" / "model.safetensors").read_bytes()
+    # The same command again finds the run finished and does nothing; other settings are refused.
+    again = train(model, tokenizer, dataset(32, 0), None, FAST, tmp_path, progress=False)
+    assert again == json.loads((tmp_path / "metrics.json").read_text()) and again["steps"] == summary["steps"]
+    with pytest.raises(InputError, match="holds a finished run with other settings or data; use a new output"):
+        train(model, tokenizer, dataset(32, 0), None, TrainConfig(**{**FAST.__dict__, "seed": 8}), tmp_path,
+              progress=False)
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == saved
 
 
 def test_a_warm_up_as_long_as_the_run_is_cut_and_the_model_learns(tiny_model_dir, tmp_path):

@@ -183,6 +183,20 @@ def _dev_accuracy(model, tokenizer, dev: list[Example], max_length: int) -> dict
         model.train(was_training)
 
 
+def _finished_run(out: Path, config: TrainConfig, examples: int) -> dict | None:
+    """The summary of a run that already finished in ``out`` with these settings and data (running the same
+    command again does nothing), or ``None`` when there is none; another finished run there is an error."""
+    if not (out / "metrics.json").is_file() or (out / "resume.pt").is_file():
+        return None
+    summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    asked = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the summary holds them
+    same = {k: v for k, v in summary.get("train_config", {}).items() if k != "threads"} == \
+        {k: v for k, v in asked.items() if k != "threads"}
+    if not same or summary.get("train_examples") != examples:
+        raise InputError(f"{out} holds a finished run with other settings or data; use a new output directory")
+    return summary
+
+
 def _atomic_save(obj, path: Path) -> None:
     import torch
 
@@ -219,8 +233,9 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"the output {out} is a file; a run writes a directory (best/, metrics.json, ...)")
-    if (out / "metrics.json").is_file() and not (out / "resume.pt").is_file():
-        raise InputError(f"{out} holds a finished run (metrics.json); use a new output directory")
+    finished = _finished_run(out, config, len(train_examples))
+    if finished is not None:
+        return finished
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
