@@ -271,7 +271,7 @@ def cmd_bias_probe(args: argparse.Namespace) -> None:
 def cmd_explain(args: argparse.Namespace) -> None:
     from .explain import explain
 
-    text = " ".join(args.text) if args.text else sys.stdin.read()
+    text = " ".join(args.text) if args.text else "\n".join(_stdin_lines())
     result = explain(text, args.model, method=args.method, threads=args.threads, steps=args.steps)
     if args.html:
         Path(args.html).write_text(result.html(), encoding="utf-8")
