@@ -84,3 +84,16 @@ def test_invalid_utf8_and_missing_file(tmp_path):
 
 def test_parse_label_aliases():
     assert [parse_label(v, LABELS) for v in ("neg", "Positive", " 1 ", 0, 1.0, "-")] == [0, 1, 1, 0, 1, 0]
+
+
+def test_split_examples_is_seeded_disjoint_and_complete():
+    from distilsent.data import split_examples
+
+    examples = [Example(f"text {i}", i % 2) for i in range(100)]
+    rest, held = split_examples(examples, 0.1, seed=9)
+    assert len(held) == 10 and len(rest) == 90
+    assert sorted(e.text for e in rest + held) == sorted(e.text for e in examples)
+    assert split_examples(examples, 0.1, seed=9) == (rest, held)
+    assert split_examples(examples, 0.1, seed=10)[1] != held
+    with pytest.raises(DataError, match="fraction"):
+        split_examples(examples, 1.0, seed=9)
