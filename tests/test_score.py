@@ -305,3 +305,15 @@ def test_embeddings_column(tmp_path, clf, fmt):
     np.testing.assert_allclose(np.array(got), expected, atol=1e-6)
     with pytest.raises(InputError, match="CSV cannot hold"):
         score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(embeddings="cls"), progress=False)
+
+
+def test_formats_given_on_the_command_line(tmp_path, tiny_model_dir, capsys, monkeypatch, clf):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rows.txt").write_text('{"text": "a great film"}\n{"text": "awful"}\n', encoding="utf-8")
+    code = main(["score", "rows.txt", "scored.data", "--format", "jsonl", "--output-format", "tsv",
+                 "--model", str(tiny_model_dir), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and json.loads(out)["written"] == 2
+    lines = (tmp_path / "scored.data").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "text\tlabel\tscore"
+    assert [line.split("\t")[1] for line in lines[1:]] == [p["label"] for p in clf(["a great film", "awful"])]

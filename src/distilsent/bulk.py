@@ -320,11 +320,12 @@ def _file_identity(source: str) -> dict:
 
 
 def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resume: bool = False,
-                 progress: bool = True, stderr=None) -> dict:
+                 progress: bool = True, in_format: str | None = None, out_format: str | None = None,
+                 stderr=None) -> dict:
     """Score ``source`` into ``target`` with ``clf`` on this machine; ``-`` is JSONL on stdin/stdout.
-    Returns the summary (row counts, seconds, rows/s of this run)."""
+    Formats come from the extensions unless given. Returns the summary (row counts, seconds, rows/s)."""
     stderr = stderr or sys.stderr
-    in_fmt, out_fmt = detect_format(source), detect_format(target)
+    in_fmt, out_fmt = in_format or detect_format(source), out_format or detect_format(target)
     if resume and "-" in (source, target):
         raise InputError("--resume needs files: stdin and stdout cannot be re-read or rewritten")
     if "-" not in (source, target) and Path(target).resolve() == Path(source).resolve():
@@ -399,8 +400,8 @@ def count_rows(source: str, fmt: str) -> int:
 
 
 def score_file(source: str, target: str, *, model: str | None = None, threads: int | None = None,
-               engine: str = "local", resume: bool = False, progress: bool = True,
-               ray_options: dict | None = None, **settings: Any) -> dict:
+               engine: str = "local", resume: bool = False, progress: bool = True, in_format: str | None = None,
+               out_format: str | None = None, ray_options: dict | None = None, **settings: Any) -> dict:
     """Load the model and score ``source`` into ``target`` (``engine="ray"``: on a Ray cluster, see
     :mod:`distilsent.ray_engine`). ``settings`` are the fields of :class:`ScoreSettings`."""
     if engine not in ENGINES:
@@ -412,9 +413,10 @@ def score_file(source: str, target: str, *, model: str | None = None, threads: i
         if resume:
             raise InputError("--resume is for the local engine; a Ray job re-runs failed tasks itself")
         return score_on_ray(source, target, settings, model=model, threads=threads, progress=progress,
-                            **(ray_options or {}))
+                            in_format=in_format, out_format=out_format, **(ray_options or {}))
     from .classifier import Classifier
 
     options = {"batch_size": settings.batch_size} if settings.batch_size else {}
     clf = Classifier.load(model, threads=threads, **options)
-    return score_stream(clf, source, target, settings, resume=resume, progress=progress)
+    return score_stream(clf, source, target, settings, resume=resume, progress=progress, in_format=in_format,
+                        out_format=out_format)

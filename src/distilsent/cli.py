@@ -287,6 +287,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     ray_options = {"address": args.address, "actors": args.actors, "shards": args.shards}
     summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
                          resume=args.resume, progress=not args.quiet, ray_options=ray_options,
+                         in_format=args.format, out_format=args.output_format,
                          text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                          prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
                          long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
@@ -522,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN", help="file to score; its extension gives the format")
     p.add_argument("output", metavar="OUT", help="file to write (any of the formats; written at the end by a rename)")
     p.add_argument("--model", default=None, help="checkpoint directory or Hub id (default: the embedded model)")
+    p.add_argument("--format", choices=FORMATS, default=None, help="format of IN (default: from its extension)")
+    p.add_argument("--output-format", choices=FORMATS, default=None, help="format of OUT (default: from its extension)")
     p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
     p.add_argument("--all-scores", action="store_true", help="also one score_<LABEL> column per label")
     p.add_argument("--embeddings", nargs="?", const="cls", choices=("cls", "mean"), default=None, metavar="POOLING",

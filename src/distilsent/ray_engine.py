@@ -187,15 +187,15 @@ class _Labels:
 def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: str | None = None,
                  threads: int | None = None, progress: bool = True, address: str | None = None,
                  actors: int | None = None, shards: bool = False, num_cpus: int | None = None,
-                 stderr=None) -> dict:
+                 in_format: str | None = None, out_format: str | None = None, stderr=None) -> dict:
     """Score ``source`` into ``target`` on Ray; ``address`` joins a cluster (else a local Ray starts with
     ``num_cpus``), ``actors`` classifier actors of ``threads`` threads each (default: 1 thread, as many
     actors as the cluster has CPUs)."""
     stderr = stderr or sys.stderr
     if "-" in (source, target):
         raise InputError("--engine ray reads and writes files; use the local engine for stdin/stdout")
-    in_fmt = detect_format(source)
-    out_fmt = "parquet" if shards and not Path(target).suffix else detect_format(target)
+    in_fmt = in_format or detect_format(source)
+    out_fmt = out_format or ("parquet" if shards and not Path(target).suffix else detect_format(target))
     if settings.embeddings and out_fmt in ("csv", "tsv"):
         raise InputError(f"embeddings are lists of numbers, which {out_fmt.upper()} cannot hold; write JSONL or Parquet")
     if "://" not in source and not Path(source).is_file():
