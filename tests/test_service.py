@@ -970,3 +970,26 @@ def test_serve_with_a_model_that_cannot_load_stops_with_one_line(tiny_model_dir,
     assert main(["serve", "--model", str(broken)]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("distilsent: error: ") for line in lines), lines
+
+
+def test_serve_trusts_forwarded_headers_only_when_asked_and_guards_the_protocol(tiny_model_dir, monkeypatch):
+    import uvicorn
+
+    import distilsent.service as service
+
+    configs = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config) or sockets[0].close())
+    service.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), max_header_bytes=4096))
+    service.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), forwarded_allow_ips="10.0.0.1"))
+    plain, proxied = configs
+    assert plain.proxy_headers is False and proxied.proxy_headers is True and proxied.forwarded_allow_ips == "10.0.0.1"
+    assert plain.http is service.GuardedHttp and plain.h11_max_incomplete_event_size == 4096
+    assert plain.header_timeout == ServiceSettings().header_timeout
+
+
+def free_port() -> int:
+    import socket as sockets
+
+    with sockets.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
