@@ -993,3 +993,14 @@ def free_port() -> int:
     with sockets.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_request_of_max_request_texts_short_texts_is_served(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            texts = [TEXTS[i % len(TEXTS)] for i in range(ServiceSettings().max_request_texts)]
+            response = await client.post("/", json={"inputs": texts})
+            assert response.status_code == 200, response.text
+            assert_close(response.json(), clf(texts))
+
+    run(main())

@@ -455,7 +455,7 @@ class Service:
         long_text = {"long_text": strategy, "stride": reading.stride or s.stride}
         window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
         sequences = window_plan.sequences
-        if len(sequences) > s.max_request_windows:
+        if strategy and len(sequences) > s.max_request_windows:  # one sequence per text is max_request_texts' to limit
             raise ServiceError(413, "too_large", f"{len(sequences)} windows in one request, over the limit of "
                                f"{s.max_request_windows}; send fewer or shorter texts, or a larger stride")
         tokens = sum(len(sequence) for sequence in sequences)
