@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from distilsent import CheckpointError, Classifier, InputError
-from distilsent.backends import BACKENDS, check_batch
+from distilsent.backends import BACKENDS, OnnxBackend, check_batch
 from distilsent.classifier import plan_batches
 from distilsent.cli import main
 from distilsent.config import DistilBertConfig
@@ -105,7 +107,7 @@ def test_export_writes_a_self_contained_directory_and_reports_parity(tmp_path, m
     assert "parity on 12 texts: max |logit difference|" in printed and "label agreement 100.00%" in printed
     assert {"model.onnx", "config.json", "tokenizer.json", "vocab.txt", "README.md"} <= {p.name for p in out.iterdir()}
     assert "model.safetensors" not in {p.name for p in out.iterdir()}
-    assert "## ONNX export" in (out / "README.md").read_text()
+    assert "# tiny random model (ONNX, float32)" in (out / "README.md").read_text()
     moved = tmp_path / "moved"
     out.rename(moved)  # nothing points back at the checkpoint
     got = Classifier.load(moved).logits(TEXTS)
@@ -118,6 +120,28 @@ def test_export_parity_on_a_labelled_file_reports_accuracy(tmp_path, model_dir, 
     assert main(["export", str(model_dir), str(tmp_path / "out"), "--parity-data", str(data)]) == 0
     printed = capsys.readouterr().out
     assert "parity on 4 texts" in printed and "accuracy: torch" in printed
+
+
+def test_int8_card_reports_its_own_parity_not_the_float32_metrics(tmp_path, model_dir, capsys):
+    from distilsent.checkpoint import load_config
+    from distilsent.modelcard import SST2, model_card
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for p in model_dir.iterdir():
+        (source / p.name).write_bytes(p.read_bytes())
+    card = model_card("tiny-sst2", load_config(source), metrics={"accuracy": 0.9123, "f1": 0.8765}, dataset=SST2)
+    (source / "README.md").write_text(card)
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(TEXTS)))
+    assert main(["export", str(source), str(tmp_path / "int8"), "--int8", "--parity-data", str(data)]) == 0
+    report = capsys.readouterr().out.splitlines()[-2:]  # parity and accuracy lines, as printed
+    written = (tmp_path / "int8" / "README.md").read_text()
+    assert written.startswith("---\nlicense: apache-2.0\n") and "# tiny-sst2 (ONNX, int8)" in written
+    assert all(f"- {line}" in written for line in report) and "accuracy: torch" in report[-1]
+    assert "0.9123" not in written and "0.8765" not in written and "model-index" not in written
+    assert "AutoModelForSequenceClassification" not in written and "does not load in `transformers`" in written
+    assert "## Intended use and limitations" in written and "**Bias.**" in written
 
 
 def test_graph_has_dynamic_axes_and_fused_operators(exported):
@@ -159,13 +183,66 @@ def test_int8_export_quantizes_the_encoder_and_agrees_on_clear_cases(tmp_path, m
     assert ops.count("QAttention") == 2 and "MatMulInteger" in ops
     assert [n.op_type for n in model.graph.node if n.name in ("pre_matmul", "logits_matmul")] == ["MatMul"] * 2
     assert "EmbedLayerNormalization" in ops  # the embeddings stay float32 too
-    fp32 = Classifier.load(exported).logits(TEXTS)
-    int8 = Classifier.load(out).logits(TEXTS)
+    weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and all(np.abs(w).max() <= 64 for w in weights)  # 7 bits: see onnx_graph
+    assert_int8_close(Classifier.load(exported).logits(TEXTS), Classifier.load(out).logits(TEXTS))
+
+
+def assert_int8_close(fp32: np.ndarray, int8: np.ndarray) -> None:
+    """int8 within 10% of float32's largest logit, and the same label wherever float32 is clear.
+
+    The tiny model's logits span about +-3.6. 7-bit weights stay within 6% on CPUs with and without VNNI;
+    8-bit weights, which saturate without VNNI, are off by 31% there and flip a label.
+    """
     assert 0 < np.abs(fp32 - int8).max() < 0.1 * np.abs(fp32).max()
     margin = np.abs(fp32[:, 1] - fp32[:, 0])
     clear = margin > 0.2 * margin.max()
     assert clear.sum() >= 4
     assert (fp32.argmax(-1)[clear] == int8.argmax(-1)[clear]).all()
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
+                    reason="needs qemu-x86_64 (apt-get install qemu-user) on an x86-64 host")
+def test_int8_holds_on_the_avx2_kernel_without_vnni(tmp_path, exported):
+    """ONNX Runtime picks its int8 kernel from the CPU's flags; under ``qemu-x86_64 -cpu Haswell`` it sees
+    AVX2 without AVX-512 or VNNI, whatever the host, and takes the saturating u8 x s8 path."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from distilsent.onnx_graph import HEAD_NODES, quantize_int8
+
+    fp32_graph = exported / "model.onnx"
+    ours, saturating = tmp_path / "int8.onnx", tmp_path / "int8-8bit.onnx"
+    quantize_int8(fp32_graph, ours)
+    quantize_dynamic(fp32_graph, saturating, op_types_to_quantize=["Attention", "MatMul"],
+                     nodes_to_exclude=list(HEAD_NODES), per_channel=True, weight_type=QuantType.QInt8,
+                     reduce_range=False, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    code = f"""
+        import json
+        from pathlib import Path
+        from distilsent.backends import OnnxBackend
+        from distilsent.checkpoint import load_config, load_tokenizer
+        from distilsent.classifier import Classifier
+        config = load_config(Path({str(exported)!r}))
+        tokenizer = load_tokenizer(Path({str(exported)!r}), config)
+        print(json.dumps({{name: Classifier(OnnxBackend(Path(path), 1), tokenizer, config).logits({TEXTS!r}).tolist()
+                          for name, path in {{"ours": {str(ours)!r}, "saturating": {str(saturating)!r}}}.items()}}))
+    """
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", textwrap.dedent(code)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    avx2 = {name: np.array(logits) for name, logits in json.loads(result.stdout.strip().splitlines()[-1]).items()}
+    clf = Classifier.load(exported)
+    fp32 = clf.logits(TEXTS)
+    with pytest.raises(AssertionError):  # the emulated CPU does reach the saturating kernel
+        assert_int8_close(fp32, avx2["saturating"])
+    assert_int8_close(fp32, avx2["ours"])
+    here = Classifier(OnnxBackend(ours, 1), clf.tokenizer, clf.config).logits(TEXTS)
+    np.testing.assert_allclose(avx2["ours"], here, atol=1e-4)  # the same integers on both kernels
 
 
 class RecordingBackend:

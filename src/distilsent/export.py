@@ -120,14 +120,50 @@ def export(
             reference = None  # exporting needs no torch; only this comparison does
         if reference is not None:
             result = parity(reference, Classifier.load(out, backend="onnx"), texts, labels, progress=progress)
-    card = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
-    kind = "int8 (dynamic quantization of the encoder's weights; embeddings float32)" if int8 else "float32"
-    card += (
-        f"\n## ONNX export\n\n`{ONNX_NAME}`: {kind}, ONNX Runtime fused operators (com.microsoft), dynamic batch "
-        "and sequence axes; inputs `input_ids` and `attention_mask` (int64, right padding), output `logits`. "
-        "Load with `distilsent.Classifier.load(path, backend='onnx')`: needs onnxruntime, tokenizers and numpy.\n"
-    )
-    if result is not None:
-        card += "\n" + "\n".join(f"- {line}" for line in result.report().splitlines()) + "\n"
-    (out / "README.md").write_text(card, encoding="utf-8")
+    source_card = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
+    (out / "README.md").write_text(export_card(source_card, directory.name, int8=int8, parity=result), encoding="utf-8")
     return result
+
+
+# Sections of the source's card about the model itself, which hold for its export too. Its metrics and
+# training details describe the float32 PyTorch weights and are left out.
+CARRIED_SECTIONS = ("Intended use and limitations", "Base model")
+
+
+def export_card(source_card: str, fallback_name: str, *, int8: bool, parity: Parity | None) -> str:
+    """The export's own ``README.md``: what it is, how to load it, its parity figures, the source's caveats."""
+    front, body = "", source_card
+    if source_card.startswith("---\n") and "\n---" in source_card[4:]:
+        front, body = source_card[4:].split("\n---", 1)
+    license = next((line.split(":", 1)[1].strip() for line in front.splitlines() if line.startswith("license:")), None)
+    name = next((line[2:].strip() for line in body.splitlines() if line.startswith("# ")), fallback_name)
+    kind = "int8" if int8 else "float32"
+    lines = ["---"] + ([f"license: {license}"] if license else []) + [
+        "language:", "- en", "library_name: onnxruntime", "pipeline_tag: text-classification",
+        "tags:", "- text-classification", "- onnx", "- distilsent"] + (["- int8"] if int8 else []) + ["---", ""]
+    lines += [
+        f"# {name} (ONNX, {kind})",
+        "",
+        f"`{name}` as one ONNX Runtime graph, `{ONNX_NAME}`, with its `config.json` and tokenizer: "
+        + ("the encoder's weights quantized to int8 (ONNX Runtime dynamic quantization, per output channel, 7-bit "
+           "so that CPUs without VNNI compute it exactly; activations quantized per batch at run time), the "
+           "embeddings and the classification head float32. " if int8 else "float32, as trained. ")
+        + "It uses ONNX Runtime's fused operators (com.microsoft); inputs `input_ids` and `attention_mask` (int64, "
+        "right padding, dynamic batch and sequence axes), output `logits`.",
+        "",
+        f"It loads with `distilsent.Classifier.load(path)` (needs onnxruntime, tokenizers and numpy; no torch). It "
+        "holds no PyTorch weights, so it does not load in `transformers`: use the source checkpoint for that.",
+        "",
+        "## Parity with the source model",
+        "",
+    ]
+    if parity is None:
+        lines.append("Not measured: the export was made without PyTorch, which the float32 reference needs.")
+    else:
+        lines.append(f"This {kind} graph against the float32 PyTorch model, on the same texts, when it was exported:")
+        lines += [""] + [f"- {line}" for line in parity.report().splitlines()]
+    sections = {part.split("\n", 1)[0].strip(): part for part in body.split("\n## ")[1:]}
+    for title in CARRIED_SECTIONS:
+        if title in sections:
+            lines += ["", "## " + sections[title].rstrip() + f"\n\n(From the card of `{name}`.)"]
+    return "\n".join(lines) + "\n"
