@@ -175,6 +175,34 @@ def cmd_train(args: argparse.Namespace) -> None:
                       "examples_per_second": summary["examples_per_second"]}))
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from .data import read_examples
+    from .distill import DistillConfig, distill, read_distill_examples, teacher_labels
+    from .train import TrainConfig
+
+    overrides = {
+        "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+        "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
+        "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
+        "weight_decay": args.weight_decay, "max_steps": args.max_steps,
+    }
+    config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    options = DistillConfig(temperature=args.temperature, alpha_soft=args.alpha_soft, alpha_hard=args.alpha_hard,
+                            alpha_cos=args.alpha_cos, teacher_backend=args.teacher_backend)
+    labels = teacher_labels(args.teacher)
+    columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": labels,
+               "fmt": args.format}
+    train_examples = read_distill_examples(args.train_file, **columns)
+    dev_examples = read_examples(args.dev, **columns) if args.dev else None
+    files = [args.train_file] + ([args.dev] if args.dev else [])
+    summary = distill(args.teacher, train_examples, args.out, student=args.student, dev_examples=dev_examples,
+                      config=config, options=options, logits_cache=args.teacher_cache, data_files=files,
+                      progress=not args.quiet)
+    print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"), "steps": summary["steps"],
+                      "teacher_logits": summary["teacher_logits"],
+                      "examples_per_second": summary["examples_per_second"]}))
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from .classifier import Classifier
     from .data import read_examples
@@ -357,6 +385,10 @@ EXAMPLES = {
   distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
   cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body
   distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4""",
+    "distill": """examples:
+  distilsent distill train.tsv --teacher runs/big/best --out runs/student --dev dev.tsv --temperature 2
+  distilsent distill reviews.txt --teacher runs/big/best --out runs/unlabelled --student runs/student/best
+  distilsent distill train.tsv --teacher runs/wide/best --student ./distilbert-6 --out runs/cos --alpha-cos 1""",
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
   distilsent eval runs/sst2/best dev.csv --json --plots plots/""",
@@ -461,6 +493,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None)
     quiet(p)
     p.set_defaults(run=cmd_train)
+
+    p = verb("distill", "train a student on a teacher's softened predictions mixed with the labels; a file "
+                        "without a label column (or .txt) learns from the teacher alone")
+    p.add_argument("train_file", metavar="TRAIN_FILE", help="CSV/TSV/JSONL/Parquet, labelled or texts only; .txt: a text per line")
+    p.add_argument("--teacher", required=True, metavar="DIR", help="any distilsent checkpoint; its labels are learned")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory: best/, resume.pt, metrics.json")
+    p.add_argument("--student", default=None, metavar="DIR",
+                   help="checkpoint to start from, with the teacher's labels or a bare encoder "
+                        "(default: all-MiniLM-L6-v2, converted)")
+    p.add_argument("--dev", default=None, metavar="FILE", help="labelled dev set: evaluated during training, best kept")
+    p.add_argument("--temperature", type=float, default=2.0, help="softens both distributions (default: 2)")
+    p.add_argument("--alpha-soft", type=float, default=0.5,
+                   help="weight of T^2 * KL to the teacher's softened scores (default: 0.5)")
+    p.add_argument("--alpha-hard", type=float, default=0.5,
+                   help="weight of the cross-entropy to the file's labels (default: 0.5)")
+    p.add_argument("--alpha-cos", type=float, default=0.0,
+                   help="weight of the cosine loss between last hidden states, teacher and student of one "
+                        "width and vocabulary; runs the teacher on torch every step (default: 0, off)")
+    p.add_argument("--teacher-backend", choices=tuple(BACKENDS), default="onnx",
+                   help="computes the teacher's logits once (default: onnx)")
+    p.add_argument("--teacher-cache", default=None, metavar="DIR",
+                   help="where the teacher's logits are kept (default: $DISTILSENT_CACHE/teacher-logits)")
+    data_columns(p)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS")
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--max-length", type=_positive_int, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
+    p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    quiet(p)
+    p.set_defaults(run=cmd_distill)
 
     p = verb("eval", "accuracy, precision, recall, F1, confusion matrix and calibration on a labelled file")
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, Hub id, or 'default'")

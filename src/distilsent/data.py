@@ -184,6 +184,17 @@ def read_examples(
     return examples
 
 
+def columns(path: str | os.PathLike, *, fmt: str | None = None) -> list[str]:
+    """The column names of a data file's first record (a CSV/TSV header with a row under it); ``[]`` when
+    it has none. Tells a labelled file from one with only texts before reading it."""
+    path = str(path)
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    for _, record in _rows(path, fmt or detect_format(path)):
+        return [str(name) for name in record]
+    return []
+
+
 def split_examples(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """``(rest, held_out)``: a random ``fraction`` of the examples held out, the same for the same seed,
     so a validation split carved out of a training file can be named by (file, fraction, seed)."""

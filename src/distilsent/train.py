@@ -183,7 +183,7 @@ def _dev_accuracy(model, tokenizer, dev: list[Example], max_length: int) -> dict
         model.train(was_training)
 
 
-def _finished_run(out: Path, config: TrainConfig, examples: int) -> dict | None:
+def _finished_run(out: Path, config: TrainConfig, examples: int, objective: dict | None = None) -> dict | None:
     """The summary of a run that already finished in ``out`` with these settings and data (running the same
     command again does nothing), or ``None`` when there is none; another finished run there is an error."""
     if not (out / "metrics.json").is_file() or (out / "resume.pt").is_file():
@@ -192,7 +192,7 @@ def _finished_run(out: Path, config: TrainConfig, examples: int) -> dict | None:
     asked = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the summary holds them
     same = {k: v for k, v in summary.get("train_config", {}).items() if k != "threads"} == \
         {k: v for k, v in asked.items() if k != "threads"}
-    if not same or summary.get("train_examples") != examples:
+    if not same or summary.get("train_examples") != examples or summary.get("objective") != objective:
         raise InputError(f"{out} holds a finished run with other settings or data; use a new output directory")
     return summary
 
@@ -215,6 +215,7 @@ def train(
     *,
     card=None,
     progress: bool = True,
+    objective=None,
 ) -> dict:
     """Fine-tune ``model`` in place; keeps the best dev model in ``OUT/best`` and resumes from ``OUT/resume.pt``.
 
@@ -222,6 +223,10 @@ def train(
     that is also written to ``OUT/metrics.json``; each evaluation is appended to ``OUT/metrics.jsonl``.
     ``OUT/resume.pt`` (model, optimizer, RNG and data position: about 4x the model's size) exists only
     while a run is unfinished: it is removed when the run completes.
+
+    ``objective`` replaces the cross-entropy on the labels (distillation, see distill.py): its
+    ``loss(model, ids, mask, batch)`` gives a batch's loss from the (B, T) tensors and the examples' indices,
+    and its ``settings`` (a JSON-able dict) join the settings a resumed or repeated run must share.
     """
     torch = _require_torch()
     import torch.nn.functional as F
@@ -233,7 +238,7 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"the output {out} is a file; a run writes a directory (best/, metrics.json, ...)")
-    finished = _finished_run(out, config, len(train_examples))
+    finished = _finished_run(out, config, len(train_examples), objective.settings if objective else None)
     if finished is not None:
         return finished
     try:
@@ -272,6 +277,8 @@ def train(
     step, epoch, batch_index, best, history = 0, 0, 0, None, []
     resume_path = out / "resume.pt"
     settings = dataclasses.asdict(dataclasses.replace(config, threads=None))
+    if objective is not None:
+        settings["objective"] = objective.settings
     if resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         if state["config"] != json.dumps(settings, sort_keys=True) or state["examples"] != len(sequences):
@@ -337,8 +344,11 @@ def train(
                 lr = learning_rate(step, total_steps, schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits = model(torch.from_numpy(ids), torch.from_numpy(mask))  # (B, labels)
-                loss = F.cross_entropy(logits, labels[batch])
+                ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+                if objective is None:
+                    loss = F.cross_entropy(model(ids, mask), labels[batch])  # model(...): (B, labels)
+                else:
+                    loss = objective.loss(model, ids, mask, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -380,6 +390,7 @@ def train(
         "trainable_parameters": trainable_parameters(model),
         "best": best,
         "history": history,
+        **({"objective": objective.settings} if objective is not None else {}),
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
