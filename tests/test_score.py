@@ -7,7 +7,6 @@ import csv
 import functools
 import io
 import json
-import os
 import signal
 import subprocess
 import sys

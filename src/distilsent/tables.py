@@ -24,9 +24,6 @@ from typing import IO, Any
 from .data import detect_format
 from .errors import DataError, MissingDependencyError
 
-__all__ = ["Row", "open_reader", "open_writer", "detect_format", "require_pyarrow"]
-
-
 def require_pyarrow():
     try:
         import pyarrow
