@@ -70,12 +70,13 @@ class _ScoringActor:
 
         from .classifier import Classifier
 
-        self.directory = tempfile.mkdtemp(prefix="distilsent-model-")
-        for name, data in ray.get(package[0]).items():
-            Path(self.directory, name).write_bytes(data)
         self.settings = ScoreSettings(**settings)
         options = {"batch_size": self.settings.batch_size} if self.settings.batch_size else {}
-        clf = Classifier.load(self.directory, backend="onnx", threads=threads, **options)
+        # ONNX Runtime and the tokenizer read their files when loading, so the copy can go right after.
+        with tempfile.TemporaryDirectory(prefix="distilsent-model-") as directory:
+            for name, data in ray.get(package[0]).items():
+                Path(directory, name).write_bytes(data)
+            clf = Classifier.load(directory, backend="onnx", threads=threads, **options)
         self.scorer = Scorer(clf, self.settings, text_column)
         self.schema, self.source, self.tally = schema, source, tally
 
