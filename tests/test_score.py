@@ -316,3 +316,31 @@ def test_formats_given_on_the_command_line(tmp_path, tiny_model_dir, capsys, mon
     lines = (tmp_path / "scored.data").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "text\tlabel\tscore"
     assert [line.split("\t")[1] for line in lines[1:]] == [p["label"] for p in clf(["a great film", "awful"])]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_resume_in_every_output_format(tmp_path, clf, monkeypatch, fmt):
+    source = write_table(tmp_path / "in.jsonl", records(50))
+    settings = ScoreSettings(chunk_rows=7, all_scores=True)
+    reference = tmp_path / f"reference.{fmt}"
+    score_stream(clf, str(source), str(reference), settings, progress=False)
+
+    from distilsent.bulk import Scorer
+
+    real, calls = Scorer.score, []
+
+    def interrupted(self, records, problems):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the fourth chunk
+        return real(self, records, problems)
+
+    target = tmp_path / f"out.{fmt}"
+    monkeypatch.setattr(Scorer, "score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        score_stream(clf, str(source), str(target), settings, progress=False)
+    monkeypatch.setattr(Scorer, "score", real)
+    assert not target.exists()
+    summary = score_stream(clf, str(source), str(target), settings, resume=True, progress=False)
+    assert summary["resumed_chunks"] == 3 and summary["rows"] == summary["written"] == 50
+    assert target.read_bytes() == reference.read_bytes()
