@@ -249,6 +249,16 @@ def test_hidden_state_loss_aligns_the_last_hidden_state(teacher_dir, vocab_file,
     with pytest.raises(InputError, match="one width; the teacher has 32 dims, the student 48"):
         distill(teacher_dir, dataset(16, 0), tmp_path / "wide-run", student=wide, config=FAST,
                 options=DistillConfig(alpha_cos=1.0), logits_cache=cache, progress=False)
+    tokens = vocab_file.read_text().split("\n")
+    other = tmp_path / "other-vocab.txt"
+    other.write_text("\n".join(tokens[:5] + tokens[5:-1][::-1]) + "\n")  # the same tokens under other ids
+    shuffled = make_tiny_model(tmp_path / "shuffled", other, seed=0)
+    with pytest.raises(InputError, match="one vocabulary; they tokenize the training texts differently"):
+        distill(teacher_dir, dataset(16, 0), tmp_path / "vocab-run", student=shuffled, config=FAST,
+                options=DistillConfig(alpha_cos=1.0), logits_cache=cache, progress=False)
+    # Without the cosine term the teacher's logits are all the student needs: any vocabulary will do.
+    distill(teacher_dir, dataset(16, 0), tmp_path / "vocab-run", student=shuffled, config=FAST,
+            logits_cache=cache, progress=False)
 
 
 def test_a_student_with_other_labels_is_refused(teacher_dir, vocab_file, tmp_path, cache):

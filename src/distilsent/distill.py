@@ -256,16 +256,18 @@ def _check_student(student: str | os.PathLike | None, labels: tuple[str, ...]) -
                          f"({', '.join(labels)}); start from a student with the teacher's labels or a bare encoder")
 
 
-def _hidden_state_teacher(directory: Path, tokenizer, student_dim: int):
-    """The teacher on PyTorch for the cosine term: it must read the student's token ids and be as wide."""
+def _hidden_state_teacher(directory: Path, tokenizer, student_dim: int, texts: Sequence[str], max_length: int):
+    """The teacher on PyTorch for the cosine term: it must be as wide as the student and read the student's
+    token ids of these texts as its own (one vocabulary)."""
     from .checkpoint import load_model
 
     teacher, teacher_tokenizer = load_model(directory)
     if teacher.config.dim != student_dim:
         raise InputError(f"the hidden-state loss needs teacher and student of one width; the teacher has "
                          f"{teacher.config.dim} dims, the student {student_dim} (set alpha_cos to 0)")
-    if teacher_tokenizer._backend.get_vocab() != tokenizer._backend.get_vocab():
-        raise InputError("the hidden-state loss needs teacher and student with one vocabulary (set alpha_cos to 0)")
+    if teacher_tokenizer.encode(texts, max_length) != tokenizer.encode(texts, max_length):
+        raise InputError("the hidden-state loss needs teacher and student with one vocabulary; they tokenize the "
+                         "training texts differently (set alpha_cos to 0)")
     teacher.eval()
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -307,7 +309,10 @@ def distill(
         backend=options.teacher_backend, threads=config.threads, progress=progress)
     if logits.shape[1] != len(labels):
         raise DistilsentError(f"{logits_file} holds {logits.shape[1]} logits per text for {len(labels)} labels")
-    hidden_teacher = _hidden_state_teacher(teacher_dir, tokenizer, model.config.dim) if options.alpha_cos else None
+    hidden_teacher = None
+    if options.alpha_cos:
+        hidden_teacher = _hidden_state_teacher(teacher_dir, tokenizer, model.config.dim,
+                                               [e.text for e in train_examples], config.max_length)
     # What a resumed or repeated run must share: the loss and the teacher's files (not where they lie, nor
     # which backend computed the logits, which agree to float rounding).
     settings = {**{k: v for k, v in dataclasses.asdict(options).items() if k != "teacher_backend"},
