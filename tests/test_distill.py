@@ -139,7 +139,7 @@ def test_bad_settings_are_refused():
 
 
 def test_teacher_logits_are_computed_once_and_a_changed_file_invalidates_them(
-        teacher_dir, vocab_file, tmp_path, cache, monkeypatch):
+        teacher_dir, vocab_file, tmp_path, cache, monkeypatch, capsys):
     calls = []
     original = distill_module.teacher_logits
 
@@ -151,14 +151,15 @@ def test_teacher_logits_are_computed_once_and_a_changed_file_invalidates_them(
     student = make_tiny_model(tmp_path / "student", vocab_file, seed=0)
     config = TrainConfig(**{**FAST.__dict__, "max_steps": 2, "warmup_steps": 1})
     first = distill(teacher_dir, dataset(32, 0), tmp_path / "a", student=student, config=config,
-                    logits_cache=cache, progress=False)
+                    logits_cache=cache, progress=True)
+    assert any(line.startswith("teacher: 32/32 texts (100%)") for line in capsys.readouterr().err.splitlines())
     expected = Classifier.load(teacher_dir).run(Classifier.load(teacher_dir).encode([e.text for e in dataset(32, 0)],
                                                                                     max_length=32))
     assert np.allclose(np.load(first["teacher_logits"]), expected, atol=1e-5)
     # Another run (other weights of the loss) on the same data: the teacher is not asked again.
     distill(teacher_dir, dataset(32, 0), tmp_path / "b", student=student, config=config, logits_cache=cache,
-            options=SOFT_ONLY, progress=False)
-    assert calls == [32]
+            options=SOFT_ONLY, progress=True)
+    assert calls == [32] and "teacher:" not in capsys.readouterr().err
     changed = dataset(32, 0)
     changed[5] = Example(changed[5].text + " great", changed[5].label)  # one row of the file edited
     again = distill(teacher_dir, changed, tmp_path / "c", student=student, config=config, logits_cache=cache,
