@@ -1004,3 +1004,8 @@ def test_a_request_of_max_request_texts_short_texts_is_served(clf):
             assert_close(response.json(), clf(texts))
 
     run(main())
+
+
+def test_the_onnx_session_keeps_no_memory_arena_after_a_large_batch(clf):
+    # An arena keeps the largest batch's activations for the life of the process (a token bomb's peak).
+    assert clf.backend.name == "onnx" and clf.backend.options.enable_cpu_mem_arena is False
