@@ -4,8 +4,11 @@ Starts the real server as a subprocess, measures the offline throughput of the s
 texts in this process (the server idle meanwhile), then drives the server with ``--concurrency``
 keep-alive connections for a fixed number of requests (after a warm-up), and reports requests/s and
 texts/s against the offline figure, p50/p99 latency, errors, the server's RSS before and after, and
-what a SIGTERM does to requests in flight. The figures go to the ``load`` section of
-benchmarks/RESULTS.md.
+what a SIGTERM does to requests in flight. Two attacks follow the clean run, on a fresh server: slow
+clients (hundreds of connections trickling their bodies while ordinary requests are sent) and token
+bombs (1 MiB texts, a request of 128 texts of 512 tokens with a one-word request behind it, and the
+same request abandoned by its client), with the server's RSS before, at peak and after. The figures
+go to the ``load`` section of benchmarks/RESULTS.md.
 
     python benchmarks/load.py --model runs/default/best            # 20,000 requests, 64 clients
     python benchmarks/load.py --requests 2000 --no-write           # a quick look
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from results import RESULTS, write_section  # benchmarks/results.py
@@ -101,7 +105,7 @@ def rss_bytes(pid: int) -> int:
 
 async def http(reader, writer, route: str, body: bytes) -> tuple[int, bytes]:
     writer.write(
-        f"POST {route} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n".encode() + body
     )
     status = int((await reader.readline()).split()[1])
@@ -179,6 +183,131 @@ async def sigterm_in_flight(server: subprocess.Popen, port: int, requests, count
     return sum(status == 200 for status in statuses), count
 
 
+async def request_once(port: int, route: str, body: bytes) -> tuple[int, float]:
+    """One request on its own connection: (status, seconds); status 0 if the connection failed."""
+    started = time.perf_counter()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return 0, time.perf_counter() - started
+    try:
+        return (await http(reader, writer, route, body))[0], time.perf_counter() - started
+    except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+        return 0, time.perf_counter() - started
+    finally:
+        writer.close()
+
+
+async def slow_clients(port: int, count: int, requests, pid: int) -> dict:
+    """``count`` clients send headers and then one body byte every 2 s (0.5 byte/s) while ``requests``
+    are sent by 8 ordinary clients: how both fared, and the server's RSS."""
+
+    async def slow() -> int:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return 0
+        try:
+            writer.write(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{")
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), 2.0)
+                    return int(line.split()[1]) if line else 0
+                except asyncio.TimeoutError:
+                    writer.write(b" ")
+                    await writer.drain()
+        except (OSError, ValueError, IndexError):
+            return 0
+        finally:
+            writer.close()
+
+    rss_before = rss_bytes(pid)
+    started = time.perf_counter()
+    slow_tasks = [asyncio.create_task(slow()) for _ in range(count)]
+    await asyncio.sleep(1.0)  # let them connect and start trickling
+    run = new_run()
+    await drive(port, requests, 8, time.perf_counter() + 600, run)
+    rss_during = rss_bytes(pid)
+    statuses = await asyncio.gather(*slow_tasks)
+    failed = sum(n for kind, n in run["errors"].items() if kind.isdigit() or kind == "wrong shape")
+    return {
+        "ok": len(run["latencies"]) - failed,
+        "sent": len(requests),
+        "errors": run["errors"],
+        "p99": sorted(run["latencies"])[int(len(run["latencies"]) * 0.99) - 1] if run["latencies"] else float("nan"),
+        "slow": {status: statuses.count(status) for status in sorted(set(statuses))},
+        "slow_seconds": time.perf_counter() - started,
+        "rss": (rss_before, rss_during, rss_bytes(pid)),
+    }
+
+
+async def token_bombs(port: int, pid: int, long: list[str]) -> dict:
+    """1 MiB texts eight at once; a 128 x 512-token request with a one-word request behind it; the same
+    big request abandoned by its client. RSS before, peak (sampled every 20 ms) and after."""
+    peak = {"rss": 0}
+    sampling = True
+
+    async def sample() -> None:
+        while sampling:
+            peak["rss"] = max(peak["rss"], rss_bytes(pid))
+            await asyncio.sleep(0.02)
+
+    one_mib = json.dumps({"inputs": "a gripping, beautiful film. " * 37_000, "parameters": {"truncation": True}}).encode()
+    big = json.dumps({"inputs": long, "parameters": {"truncation": True}}).encode()
+    word = json.dumps({"inputs": "great"}).encode()
+    rss_before = rss_bytes(pid)
+    sampler = asyncio.create_task(sample())
+    bombs = await asyncio.gather(*(request_once(port, "/", one_mib) for _ in range(8)))
+    big_task = asyncio.create_task(request_once(port, "/", big))
+    await asyncio.sleep(0.5)  # the big request is tokenized and queued
+    word_status, word_seconds = await request_once(port, "/", word)
+    big_status, big_seconds = await big_task
+    # The same big request, its client gone after 0.5 s: how long until the server holds nothing.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(big)}\r\n\r\n".encode() + big)
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    writer.close()
+    left = time.perf_counter()
+    while True:
+        status, _ = await request_once(port, "/", word)
+        metrics = await metrics_text(port)
+        admitted = next((float(line.split()[-1]) for line in metrics.splitlines()
+                         if line.startswith("distilsent_admitted_tokens ")), 0.0)
+        if admitted <= 0 or time.perf_counter() - left > 120:
+            break
+        await asyncio.sleep(0.1)
+    freed_seconds = time.perf_counter() - left
+    sampling = False
+    await sampler
+    return {
+        "bombs": {status: [s for s, _ in bombs].count(status) for status, _ in bombs},
+        "bomb_seconds": max(seconds for _, seconds in bombs),
+        "big": (big_status, big_seconds, len(long)),
+        "word": (word_status, word_seconds),
+        "freed_seconds": freed_seconds,
+        "rss": (rss_before, peak["rss"], rss_bytes(pid)),
+    }
+
+
+async def metrics_text(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return (await reader.read()).decode("utf-8", "replace")
+    finally:
+        writer.close()
+
+
+def start_server(command: list[str], log) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    server = subprocess.Popen([*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+    wait_healthy(port, server, timeout=300)
+    return server, port
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -215,6 +344,38 @@ def offline_throughput(model: str | None, backend: str | None, threads: int | No
     return len(texts) / (time.perf_counter() - started)
 
 
+def attack_report(command: list[str], log, slow_count: int, requests) -> str:
+    """The slow-client and token-bomb runs on a fresh server, as rows of the report's table."""
+    rng = random.Random(2)
+    pool = sentences()
+    long = [" ".join(rng.choices(pool, k=30)) for _ in range(128)]  # each well over 512 tokens
+    server, port = start_server(command, log)
+    try:
+        asyncio.run(drive(port, largest_batches(requests) + requests[:500], 16, time.perf_counter() + 600, new_run()))
+        slow = asyncio.run(slow_clients(port, slow_count, requests[-400:], server.pid))
+        bombs = asyncio.run(token_bombs(port, server.pid, long))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    mib = 1 << 20
+    rss = lambda values: " / ".join(f"{v / mib:.0f}" for v in values)  # noqa: E731
+    big_status, big_seconds, big_texts = bombs["big"]
+    word_status, word_seconds = bombs["word"]
+    return f"""| **slow clients** (fresh server): {slow_count} connections sending a body at 0.5 byte/s | answered {slow['slow']} after {slow['slow_seconds']:.1f} s | 408 within --body-timeout |
+| ordinary requests sent meanwhile by 8 clients | {slow['ok']} of {slow['sent']} answered 200 (errors {slow['errors'] or 0}), p99 {slow['p99'] * 1000:.0f} ms | all 200 |
+| server RSS before / during / after the slow clients | {rss(slow['rss'])} MiB | |
+| **token bombs**: 8 requests of one 1 MiB text at once (truncation) | statuses {bombs['bombs']}, slowest {bombs['bomb_seconds']:.2f} s | 200 |
+| one request of {big_texts} texts of 512 tokens | {big_status} in {big_seconds:.1f} s | |
+| a one-word request sent 0.5 s after it | {word_status} in {word_seconds:.2f} s | not behind the whole big request |
+| the big request abandoned by its client after 0.5 s | server holds no tokens {bombs['freed_seconds']:.1f} s after the hang-up | |
+| server RSS before / peak / after the bombs | {rss(bombs['rss'])} MiB | |
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
@@ -227,23 +388,23 @@ def main() -> None:
     parser.add_argument("--offline-texts", type=int, default=3000, help="texts of the workload timed offline")
     parser.add_argument("--max-seconds", type=float, default=900, help="stop issuing requests after this long")
     parser.add_argument("--serve-args", default="", help="extra `distilsent serve` options, e.g. '--max-wait-ms 2'")
+    parser.add_argument("--slow-clients", type=int, default=520, help="connections trickling bodies in the attack run")
+    parser.add_argument("--no-attacks", action="store_true", help="skip the slow-client and token-bomb runs")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     requests = workload(args.warmup + args.requests + 64, seed=0)
     warmup, measured, burst = requests[: args.warmup], requests[args.warmup : -64], requests[-64:]
-    port = free_port()
-    command = [sys.executable, "-m", "distilsent", "serve", "--port", str(port), "--workers", str(args.workers),
+    command = [sys.executable, "-m", "distilsent", "serve", "--workers", str(args.workers),
                "--log-level", "info", *args.serve_args.split()]
     for flag, value in (("--model", args.model), ("--backend", args.backend), ("--threads", args.threads)):
         if value is not None:
             command += [flag, str(value)]
     log = tempfile.NamedTemporaryFile("w+", prefix="distilsent-serve-", suffix=".log", delete=False)
     # The access log (stdout) is written, as in production, but not kept.
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+    server, port = start_server(command, log)
     try:
-        wait_healthy(port, server, timeout=300)
         rss_start = rss_bytes(server.pid)
         offline = offline_throughput(args.model, args.backend, args.threads, texts_of(measured)[: args.offline_texts])
         deadline = time.perf_counter() + args.max_seconds
@@ -266,6 +427,13 @@ def main() -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
+    attacks = ""
+    if not args.no_attacks:
+        try:
+            attacks = attack_report(command, log, args.slow_clients, measured)
+        except Exception as e:  # noqa: BLE001 - keep the clean run's figures; say what broke
+            traceback.print_exc()
+            attacks = f"| attack runs | failed: {e!r} | |\n"
 
     latencies = sorted(run["latencies"])
     run["requests"] = len(latencies)
@@ -304,7 +472,7 @@ other jobs on the machine distort both the offline and the server figures.
 | RSS after each {RSS_EVERY:,} requests | {' / '.join(f'{r / mib:.0f}' for r in rss_series)} MiB | level |
 | client CPU time (shares the cores) | {run['client_cpu']:.1f} s | |
 | SIGTERM with {sent} requests in flight | {ok} answered 200; server exit status {exit_code} | all 200 |
-"""
+{attacks}"""
     print(report)
     print(f"server log: {log.name}")
     if not args.no_write:

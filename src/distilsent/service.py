@@ -816,6 +816,8 @@ def serve(settings: ServiceSettings, *, log_level: str = "info") -> None:
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
         config = uvicorn.Config("distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options)
     config.header_timeout = settings.header_timeout
+    address = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log.info("listening on http://%s:%d (%d worker%s)", address, settings.port, settings.workers, "s"[: settings.workers - 1])
     server = uvicorn.Server(config)
     if settings.workers == 1:
         server.run(sockets=[sock])
