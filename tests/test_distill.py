@@ -170,6 +170,33 @@ def test_teacher_logits_are_computed_once_and_a_changed_file_invalidates_them(
     assert calls == [32, 32, 32] and len(list(cache.glob("*.npy"))) == 3
 
 
+def test_an_interrupted_teacher_resumes_at_its_last_whole_chunk(teacher_dir, cache, monkeypatch):
+    from distilsent.distill import cached_teacher_logits
+
+    texts = [e.text for e in dataset(40, 0)]
+    expected = cached_teacher_logits(teacher_dir, texts, 32, cache=cache.parent / "straight", progress=False)[0]
+    monkeypatch.setattr(distill_module, "TEACHER_CHUNK", 8)  # 5 chunks
+    ran = []
+    original = Classifier.run_batch
+
+    def run_batch(self, sequences):
+        if sum(ran) >= 16:  # killed as the third chunk starts, after two were saved
+            raise KeyboardInterrupt
+        ran.append(len(sequences))
+        return original(self, sequences)
+
+    monkeypatch.setattr(Classifier, "run_batch", run_batch)
+    with pytest.raises(KeyboardInterrupt):
+        cached_teacher_logits(teacher_dir, texts, 32, cache=cache, progress=False)
+    assert sorted(p.name for p in next(cache.glob("*.parts")).iterdir()) == ["0.npy", "1.npy"]
+    counted = []
+    monkeypatch.setattr(Classifier, "run_batch", lambda self, seqs: counted.append(len(seqs)) or original(self, seqs))
+    logits, path = cached_teacher_logits(teacher_dir, texts, 32, cache=cache, progress=False)
+    assert sum(counted) == 24  # chunks 2, 3 and 4 only
+    assert np.allclose(logits, expected, atol=1e-6)
+    assert [p.name for p in cache.iterdir()] == [path.name]  # the parts are gone once the whole file is written
+
+
 # -------------------------------------------------------------------------------------------- training
 
 

@@ -10,7 +10,7 @@ The T^2 keeps the soft term's gradients the same size whatever the temperature (
 The teacher's logits are computed once, by default on ONNX Runtime, and kept in a file keyed by the
 teacher's files, the training texts and ``max_length`` (``$DISTILSENT_CACHE/teacher-logits/``): a
 second run (another temperature, an interrupted run resumed) reads them back instead of paying the
-teacher again. The hidden-state term needs the teacher's hidden states of every batch, so with
+teacher again, and a teacher interrupted half-way resumes from its chunks saved beside that file. The hidden-state term needs the teacher's hidden states of every batch, so with
 ``alpha_cos > 0`` the teacher also runs forward on PyTorch inside the loop: one teacher forward per
 step, about a third of what a training step of a model of the teacher's size costs.
 
@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ UNLABELLED = -1  # the label id of a training text that has none: only the teach
 # Files of a checkpoint that decide its logits: any change to them is another teacher.
 TEACHER_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "model.onnx", "tokenizer.json",
                  "vocab.txt", "tokenizer_config.json")
+# The teacher's logits are saved every this many texts while they are computed (an hour or more for a large
+# teacher on a large file), so an interrupted run loses at most one chunk; big enough to batch by length.
+TEACHER_CHUNK = 4096
 
 
 @dataclass(frozen=True)
@@ -169,18 +173,49 @@ def default_logits_cache() -> Path:
     return cache_dir() / "teacher-logits"
 
 
+def _save_array(array: np.ndarray, path: Path) -> None:
+    """Write ``path`` by a rename, so a reader (or a run killed mid-write) never finds half a file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _load_array(path: Path, rows: int) -> np.ndarray | None:
+    """The (rows, labels) array saved at ``path``, or ``None`` when it is missing, damaged or of other size."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return array if array.ndim == 2 and len(array) == rows else None
+
+
 def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, backend: str = "onnx",
-                   threads: int | None = None, progress: bool = True) -> np.ndarray:
-    """The teacher's float32 logits (n, labels) of ``texts`` cut to ``max_length`` tokens, in input order."""
+                   threads: int | None = None, progress: bool = True, parts: Path | None = None) -> np.ndarray:
+    """The teacher's float32 logits (n, labels) of ``texts`` cut to ``max_length`` tokens, in input order.
+
+    With ``parts`` (a directory), the logits of every :data:`TEACHER_CHUNK` texts are saved there as they
+    are done and read back instead of recomputed: an interrupted teacher resumes at its last whole chunk.
+    """
     from .classifier import Classifier
 
     clf = Classifier.load(directory, backend=backend, threads=threads)
     sequences = clf.encode(texts, max_length=max_length)
     out = np.empty((len(sequences), clf.config.num_labels), dtype=np.float32)
     with Progress(len(sequences), desc="teacher", unit="text", enabled=progress) as bar:
-        for batch in clf.plan([len(s) for s in sequences]):
-            out[batch] = clf.run_batch([sequences[i] for i in batch])
-            bar.update(len(batch))
+        for number, start in enumerate(range(0, len(sequences), TEACHER_CHUNK)):
+            chunk = sequences[start : start + TEACHER_CHUNK]
+            part = parts / f"{number}.npy" if parts is not None else None
+            saved = _load_array(part, len(chunk)) if part is not None else None
+            if saved is not None:
+                out[start : start + len(chunk)] = saved
+                bar.update(len(chunk))
+                continue
+            for batch in clf.plan([len(s) for s in chunk]):
+                out[start + np.asarray(batch)] = clf.run_batch([chunk[i] for i in batch])
+                bar.update(len(batch))
+            if part is not None:
+                _save_array(out[start : start + len(chunk)], part)
     return out
 
 
@@ -188,26 +223,22 @@ def cached_teacher_logits(directory: Path, texts: Sequence[str], max_length: int
                           digest: str | None = None, backend: str = "onnx", threads: int | None = None,
                           progress: bool = True) -> tuple[np.ndarray, Path]:
     """(logits, file): read back from ``cache`` when this teacher, these texts and this ``max_length`` were
-    seen before, else computed by :func:`teacher_logits` and written there (atomically)."""
+    seen before, else computed by :func:`teacher_logits` (resuming from its saved chunks) and written there."""
     cache = Path(cache) if cache is not None else default_logits_cache()
-    path = cache / f"{logits_key(digest or teacher_digest(directory), texts, max_length)}.npy"
-    if path.is_file():
-        try:
-            logits = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
-            logits = None  # a damaged file is recomputed
-        if logits is not None and logits.ndim == 2 and len(logits) == len(texts):
-            return logits, path
-    logits = teacher_logits(directory, texts, max_length, backend=backend, threads=threads, progress=progress)
+    key = logits_key(digest or teacher_digest(directory), texts, max_length)
+    path, parts = cache / f"{key}.npy", cache / f"{key}.parts"
+    logits = _load_array(path, len(texts)) if path.is_file() else None
+    if logits is not None:
+        return logits, path
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, logits)
-        os.replace(tmp, path)
+        parts.mkdir(parents=True, exist_ok=True)
+        logits = teacher_logits(directory, texts, max_length, backend=backend, threads=threads, progress=progress,
+                                parts=parts)
+        _save_array(logits, path)
     except OSError as e:
         raise DistilsentError(f"cannot write the teacher's logits to {cache} ({e.strerror or e}); "
                               "pass another cache directory (--teacher-cache)") from None
+    shutil.rmtree(parts, ignore_errors=True)  # the whole file now holds them
     return logits, path
 
 
