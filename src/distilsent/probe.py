@@ -214,9 +214,11 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
             f"| {s['spread']:.3f} | {s['std']:.3f} | {_fmt_terms(s['most_favoured'])} | {_fmt_terms(s['least_favoured'])} |"
         )
     for s in summaries:
+        spreads = "; ".join(f"`{t}` {v['spread']:.3f}" for t, v in s["per_template"].items())
+        lines.append(f"\n{s['probe']}: spread per template: {spreads}.")
         if "groups" in s:
             groups = ", ".join(f"{g} {v['mean']:.3f} ({v['terms']} terms)" for g, v in s["groups"].items())
-            lines.append(f"\n{s['probe']}: group means {groups}; gap {s['group_gap']:.3f}.")
+            lines.append(f"{s['probe']}: group means {groups}; gap {s['group_gap']:.3f}.")
     return "\n".join(lines) + "\n"
 
 
