@@ -174,7 +174,7 @@ def fewshot(
     if len(texts) != len(labels):
         raise InputError(f"{len(texts)} texts but {len(labels)} labels")
     require_sklearn()
-    directory = resolve(None if base in (None, "default") else base)
+    directory = resolve(base)
     config = load_config(directory)
     tensors = base_tensors(directory, config)
     classifier = Classifier.load(directory, backend=backend)
