@@ -127,6 +127,30 @@ def test_type_a_text_get_its_label_highlights_and_a_batch(server, browser, tmp_p
     page.close()
 
 
+def test_the_abstain_band_answers_neutral_as_the_service_does(server, browser):
+    [best] = httpx.post(server + "/", json={"inputs": TEXT}).json()
+    below = round(min(1.0, best["score"] + 0.005), 3)  # just above this text's best score: inside the band
+    [answer] = httpx.post(server + "/", json={"inputs": TEXT, "parameters": {"neutral_below": below}}).json()
+    assert answer["label"] == "NEUTRAL"
+    page = browser.new_page()
+    page.goto(server + "/ui")
+    page.fill("#text", TEXT)
+    page.check("#abstain")
+    page.fill("#neutral-below", str(below))
+    page.click("#classify")
+    page.wait_for_function("document.querySelector('#label').textContent.length > 0", timeout=20_000)
+    assert page.text_content("#label").startswith("NEUTRAL ")
+    assert "Inside the abstain band" in page.text_content("#band-note")
+    assert page.locator("#bars .bar .band").count() == 2  # the band is drawn on each label's bar
+    page.fill("#batch", "\n".join(LINES))
+    page.click("#run-batch")
+    page.wait_for_function("document.querySelectorAll('#batch-results tbody tr').length === 3", timeout=20_000)
+    expected = httpx.post(server + "/", json={"inputs": LINES, "parameters": {"neutral_below": below}}).json()
+    labels = page.locator("#batch-results tbody tr td:nth-child(2)").all_text_contents()
+    assert labels == [r["label"] for r in expected]
+    page.close()
+
+
 def test_errors_are_shown_on_the_page(server, browser):
     page = browser.new_page()
     page.goto(server + "/ui")
