@@ -203,8 +203,18 @@ def machine(threads: int) -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {threads} threads; Python {platform.python_version()}, "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}")
+    return (f"{cpu} ({cpu_flags()}), {os.cpu_count()} logical CPUs, {threads} threads; Python "
+            f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}")
+
+
+def cpu_flags() -> str:
+    """The flags that choose ONNX Runtime's int8 kernel (see distilsent/onnx_graph.py): VNNI or not."""
+    try:
+        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "flags unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if f in flags) or "no AVX2"
 
 
 def table(size: str, rows: dict[str, dict], peak: float) -> list[str]:
