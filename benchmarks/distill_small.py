@@ -7,12 +7,15 @@ starts from). From SST-2 train, a validation split of 1,000 sentences is held ou
 ``--labelled`` sentences keep their labels and the next ``--unlabelled`` lose them. Three students, one
 recipe (lr 5e-5, batch 32, warm-up 10%, max length 128, seed 42):
 
-    plain            train on the labelled sentences (cross-entropy)
-    distilled        distill on the labelled sentences (T 2, soft 0.5, hard 0.5)
+    plain            train on the labelled sentences (cross-entropy), ``--epochs`` epochs
+    distilled        distill on the labelled sentences (T 2, soft 0.5, hard 0.5), as many steps
+    plain, long      as plain, for as many steps as "+ unlabelled" takes (more epochs on the same data)
+    distilled, long  as distilled, for as many steps as "+ unlabelled"
     + unlabelled     distill on the labelled + unlabelled sentences (the unlabelled ones: teacher only)
 
+so the unlabelled text is compared at equal compute ("long"), not only against shorter runs.
 Prints each student's accuracy on the held-out split and on SST-2 dev (reported, never used to choose),
-the teacher's, and the gain of each over plain in points. The teacher was trained on all of SST-2 train,
+the teacher's, and the gain of each over plain of the same number of steps, in points. The teacher was trained on all of SST-2 train,
 held-out split included, so its own held-out figure is optimistic; the students never see those sentences.
 """
 
@@ -53,35 +56,46 @@ def main() -> None:
     base = TrainConfig(learning_rate=5e-5, batch_size=32, warmup_steps=0, epochs=args.epochs, max_length=128,
                        eval_every=0, seed=42, threads=args.threads)
 
-    def config_for(n: int) -> TrainConfig:
-        steps = -(-n // base.batch_size) * base.epochs
-        return dataclasses.replace(base, warmup_steps=max(1, steps // 10))
+    def config_for(steps: int) -> TrainConfig:
+        # Enough epochs for ``steps``; the run stops there, warmed up over its first 10%.
+        epochs = -(-steps * base.batch_size // len(labelled))
+        return dataclasses.replace(base, epochs=epochs, max_steps=steps, warmup_steps=max(1, steps // 10))
 
     def accuracy(directory) -> tuple[float, float]:
         clf = Classifier.load(directory, threads=args.threads)
         return evaluate(clf, held_out)["accuracy"], evaluate(clf, dev)["accuracy"]
 
-    results = {"teacher": accuracy(default_model_dir())}
-    seconds = {}
-    start = time.perf_counter()
-    model, tokenizer = initial_model(None, ("NEGATIVE", "POSITIVE"), base.seed)
-    train(model, tokenizer, labelled, None, config_for(len(labelled)), work / "plain", progress=True)
-    seconds["plain"] = time.perf_counter() - start
-    results["plain"] = accuracy(work / "plain" / "best")
+    short = -(-len(labelled) // base.batch_size) * args.epochs
+    long = -(-(len(labelled) + len(unlabelled)) // base.batch_size) * args.epochs
     options = DistillConfig(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)
-    for name, examples in (("distilled", labelled), ("+ unlabelled", labelled + unlabelled)):
+    runs = [  # (name, distilled?, examples, steps)
+        ("plain", False, labelled, short),
+        ("distilled", True, labelled, short),
+        ("plain, long", False, labelled, long),
+        ("distilled, long", True, labelled, long),
+        ("+ unlabelled", True, labelled + unlabelled, long),
+    ]
+    results, seconds = {"teacher": accuracy(default_model_dir())}, {}
+    for name, distilled, examples, steps in runs:
+        out = work / name.replace("+ ", "plus-").replace(", ", "-")
         start = time.perf_counter()
-        out = work / name.replace("+ ", "plus-")
-        distill("default", examples, out, config=config_for(len(examples)), options=options,
-                logits_cache=work / "teacher-logits", progress=True)
+        if distilled:
+            distill("default", examples, out, config=config_for(steps), options=options,
+                    logits_cache=work / "teacher-logits", progress=True)
+        else:
+            model, tokenizer = initial_model(None, ("NEGATIVE", "POSITIVE"), base.seed)
+            train(model, tokenizer, examples, None, config_for(steps), out, progress=True)
         seconds[name] = time.perf_counter() - start
         results[name] = accuracy(out / "best")
 
-    print(f"{'model':<14} {'held-out':>9} {'SST-2 dev':>10} {'vs plain, points':>18} {'seconds':>8}")
+    print(f"{'model':<16} {'steps':>6} {'held-out':>9} {'SST-2 dev':>10} {'vs plain of its steps':>22} {'seconds':>8}")
+    steps_of = {name: steps for name, _, _, steps in runs}
     for name, (held, on_dev) in results.items():
-        gain = "" if name in ("teacher", "plain") else \
-            f"{100 * (held - results['plain'][0]):+.2f} / {100 * (on_dev - results['plain'][1]):+.2f}"
-        print(f"{name:<14} {held:>9.4f} {on_dev:>10.4f} {gain:>18} {seconds.get(name, 0):>8.0f}")
+        reference = results["plain" if steps_of.get(name) == short else "plain, long"]
+        gain = "" if name == "teacher" or name.startswith("plain") else \
+            f"{100 * (held - reference[0]):+.2f} / {100 * (on_dev - reference[1]):+.2f}"
+        print(f"{name:<16} {steps_of.get(name, 0):>6} {held:>9.4f} {on_dev:>10.4f} {gain:>22} "
+              f"{seconds.get(name, 0):>8.0f}")
     print(json.dumps({"labelled": len(labelled), "unlabelled": len(unlabelled), "epochs": args.epochs,
                       "results": results, "seconds": seconds}))
 
