@@ -110,23 +110,21 @@ def rss_run(model: Path, source: Path, target: Path, rows: int) -> dict:
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     samples = []  # (fraction done, RSS MB)
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # the child's own peak RSS comes with its exit
-        if pid:
-            break
+    # VmHWM is the peak of the child's own address space; getrusage's ru_maxrss would also count this
+    # (large) benchmark process, whose pages the child shares between fork and exec.
+    peak = 0.0
+    while child.poll() is None:
         try:
-            status_text = Path(f"/proc/{child.pid}/status").read_text()
-            rss = int(next(line for line in status_text.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{child.pid}/status").read_text().splitlines())
+            rss, peak = int(status["VmRSS"].split()[0]) / 1024, max(peak, int(status["VmHWM"].split()[0]) / 1024)
             done = len(list(partial.glob("0*"))) * CHUNK / rows if partial.is_dir() else 0.0
             samples.append((done, rss))
-        except (FileNotFoundError, StopIteration, ProcessLookupError):
+        except (FileNotFoundError, KeyError, ValueError, ProcessLookupError):
             pass
-        time.sleep(0.5)
-    child.returncode = os.waitstatus_to_exitcode(status)
+        time.sleep(0.2)
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"distilsent score exited with {child.returncode}")
-    peak = usage.ru_maxrss / 1024  # KiB on Linux
 
     def at(fraction: float) -> float:
         return next((rss for done, rss in samples if done >= fraction), samples[-1][1])
@@ -141,20 +139,24 @@ def ray_runs(model: str, source: Path, work: Path, clf) -> dict:
     from distilsent.ray_engine import score_on_ray
 
     settings = ScoreSettings(text_column="sentence", prefix="pred_", chunk_rows=CHUNK)
+
+    def local() -> float:
+        start = time.perf_counter()
+        summary = score_stream(clf, str(source), str(work / "local.csv"), settings, progress=False)
+        return summary["rows"] / (time.perf_counter() - start)
+
     start = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = {"init_seconds": time.perf_counter() - start}
     try:
-        start = time.perf_counter()
-        summary = score_stream(clf, str(source), str(work / "local.csv"), settings, progress=False)
-        out["local"] = summary["rows"] / (time.perf_counter() - start)
+        before = local()  # the local engine before and after the Ray runs, the better one counts
         for actors, threads in ((1, 2), (2, 1)):
             start = time.perf_counter()
             summary = score_on_ray(str(source), str(work / f"ray{actors}.csv"), settings, model=model,
                                    threads=threads, actors=actors, progress=False)
             out[f"ray_{actors}x{threads}"] = summary["rows"] / (time.perf_counter() - start)
-            same = (work / f"ray{actors}.csv").read_bytes() == (work / "local.csv").read_bytes()
-            out[f"ray_{actors}x{threads}_same"] = same
+            out[f"ray_{actors}x{threads}_same"] = (work / f"ray{actors}.csv").read_bytes() == (work / "local.csv").read_bytes()
+        out["local"] = max(before, local())
         out["rows"] = summary["rows"]
     finally:
         ray.shutdown()
@@ -166,17 +168,24 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model directory (default: the embedded model, int8 export)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sst2-rows", type=int, default=10_000)
-    parser.add_argument("--imdb-rows", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of loop and score on SST-2")
+    parser.add_argument("--imdb-rows", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of loop and score")
     parser.add_argument("--rss-rows", type=int, default=1_000_000)
-    parser.add_argument("--ray-rows", type=int, default=4_000)
+    parser.add_argument("--ray-rows", type=int, default=10_000)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--ray-only", action="store_true", help="only part 3 (its own section of RESULTS.md)")
     args = parser.parse_args()
     if not SST2_TRAIN.is_file() or not IMDB_TRAIN.is_file():
         raise SystemExit(f"needs {SST2_TRAIN} and {IMDB_TRAIN}")
 
     from distilsent import Classifier
 
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    setting = (f"CPU: {cpu}, {os.cpu_count()} cores{' (AVX-512 VNNI)' if vnni else ''}; model: "
+               f"{'embedded model, int8 export' if args.model is None else args.model}; other work may have "
+               "shared the CPU.")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model
@@ -185,37 +194,56 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "distilsent", "export", "default", model, "--int8", "--quiet"],
                            check=True, stdout=subprocess.DEVNULL)
         clf = Classifier.load(model, threads=args.threads)
-        sst2 = head_rows(SST2_TRAIN, work / "sst2.tsv", args.sst2_rows, "\t")
-        imdb = head_rows(IMDB_TRAIN, work / "imdb.csv", args.imdb_rows, ",")
-        results = {
-            "sst2": throughput(clf, sst2, "sentence", args.rounds, work),
-            "imdb": throughput(clf, imdb, "text", 1, work),
-        }
-        for name, r in results.items():
-            print(f"{name}: {r['rows']} rows  loop {r['loop']:.1f} rows/s  score {r['score']:.1f} rows/s  "
-                  f"ratio {r['score'] / r['loop']:.3f}  (rounds: loop {[round(x, 1) for x in r['loop_all']]}, "
-                  f"score {[round(x, 1) for x in r['score_all']]})", flush=True)
-        tiny = tiny_model(work / "tiny")
-        # Build and cache its ONNX graph first: the one-off build (onnx, graph checks) is not scoring memory.
-        Classifier.load(tiny)
-        rss = rss_run(tiny, synthetic_csv(work / "synthetic.csv", args.rss_rows), work / "synthetic.scored.csv",
-                      args.rss_rows)
-        print(f"rss: {rss['rows']} rows in {rss['seconds']:.0f} s; RSS at 10% {rss['at10']:.0f} MB, 50% "
-              f"{rss['at50']:.0f} MB, 90% {rss['at90']:.0f} MB; peak {rss['peak_mb']:.0f} MB", flush=True)
-        ray = None
+        if not args.ray_only:
+            local_sections(args, clf, work, setting)
         if not args.skip_ray:
             ray = ray_runs(model, head_rows(SST2_TRAIN, work / "ray.tsv", args.ray_rows, "\t"), work, clf)
             print(f"ray: {ray}", flush=True)
+            text = "\n".join([
+                "## Bulk scoring on Ray (`benchmarks/score.py`)",
+                "",
+                setting,
+                "",
+                f"Local Ray instance on 2 CPUs, SST-2 train first {ray['rows']:,} rows, Ray start-up "
+                f"{ray['init_seconds']:.1f} s not counted; each Ray job includes reading and numbering the "
+                "file into the object store, starting the actors and shipping the model.",
+                "",
+                "| engine | rows/s | vs local | output identical to local |",
+                "|---|---|---|---|",
+                f"| local, 1 process x {args.threads} threads | {ray['local']:.1f} | 1.00 | - |",
+                f"| Ray, 1 actor x 2 threads | {ray['ray_1x2']:.1f} | {ray['ray_1x2'] / ray['local']:.2f} | "
+                f"{ray['ray_1x2_same']} |",
+                f"| Ray, 2 actors x 1 thread | {ray['ray_2x1']:.1f} | {ray['ray_2x1'] / ray['local']:.2f} | "
+                f"{ray['ray_2x1_same']} |",
+            ])
+            write_section("score_ray", text)
+            print(text)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+
+def local_sections(args, clf, work: Path, setting: str) -> None:
+    sst2 = head_rows(SST2_TRAIN, work / "sst2.tsv", args.sst2_rows, "\t")
+    imdb = head_rows(IMDB_TRAIN, work / "imdb.csv", args.imdb_rows, ",")
+    results = {
+        "sst2": throughput(clf, sst2, "sentence", args.rounds, work),
+        "imdb": throughput(clf, imdb, "text", args.rounds, work),
+    }
+    for name, r in results.items():
+        print(f"{name}: {r['rows']} rows  loop {r['loop']:.1f} rows/s  score {r['score']:.1f} rows/s  "
+              f"ratio {r['score'] / r['loop']:.3f}  (rounds: loop {[round(x, 1) for x in r['loop_all']]}, "
+              f"score {[round(x, 1) for x in r['score_all']]})", flush=True)
+    from distilsent import Classifier
+
+    tiny = tiny_model(work / "tiny")
+    # Build and cache its ONNX graph first: the one-off build (onnx, graph checks) is not scoring memory.
+    Classifier.load(tiny)
+    rss = rss_run(tiny, synthetic_csv(work / "synthetic.csv", args.rss_rows), work / "synthetic.scored.csv",
+                  args.rss_rows)
+    print(f"rss: {rss['rows']} rows in {rss['seconds']:.0f} s; RSS at 10% {rss['at10']:.0f} MB, 50% "
+          f"{rss['at50']:.0f} MB, 90% {rss['at90']:.0f} MB; peak (VmHWM) {rss['peak_mb']:.0f} MB", flush=True)
     lines = [
         "## Bulk scoring (`benchmarks/score.py`)",
         "",
-        f"CPU: {cpu}, {os.cpu_count()} cores{' (AVX-512 VNNI)' if vnni else ''}; model: "
-        f"{'embedded model, int8 export' if args.model is None else args.model}; {args.threads} threads; "
-        "other work may have shared the CPU.",
+        f"{setting} {args.threads} threads; {args.rounds} alternating rounds, the best of each side.",
         "",
         "| data (first rows) | loop over `clf(chunk of 1,000)` rows/s | `score` file to file rows/s | score / loop |",
         "|---|---|---|---|",
@@ -226,17 +254,8 @@ def main() -> None:
         "",
         f"Memory: `distilsent score` on a {rss['rows']:,}-row synthetic CSV (random 2-layer model, real vocabulary): "
         f"RSS {rss['at10']:.0f} MB at 10%, {rss['at50']:.0f} MB at 50%, {rss['at90']:.0f} MB at 90%; "
-        f"peak {rss['peak_mb']:.0f} MB; {rss['seconds']:.0f} s.",
+        f"peak (VmHWM) {rss['peak_mb']:.0f} MB; {rss['seconds']:.0f} s.",
     ]
-    if ray:
-        lines += [
-            "",
-            f"Ray (local instance, 2 CPUs, SST-2 first {ray['rows']:,} rows, start-up {ray['init_seconds']:.1f} s "
-            f"not counted): local engine {ray['local']:.1f} rows/s; Ray 1 actor x 2 threads {ray['ray_1x2']:.1f} "
-            f"rows/s ({ray['ray_1x2'] / ray['local']:.2f}x local); Ray 2 actors x 1 thread {ray['ray_2x1']:.1f} "
-            f"rows/s ({ray['ray_2x1'] / ray['local']:.2f}x local); outputs identical to the local engine: "
-            f"{ray['ray_1x2_same'] and ray['ray_2x1_same']}.",
-        ]
     write_section("score", "\n".join(lines))
     print("\n".join(lines))
 

@@ -67,3 +67,18 @@ def test_bad_rows_fail_with_their_row_number_or_are_skipped(tmp_path, tiny_model
     summary = score_on_ray(str(source), str(target), ScoreSettings(on_error="skip", chunk_rows=4),
                            model=str(tiny_model_dir), actors=1, progress=False)
     assert summary["skipped"] == 1 and [r["n"] for r in read_table(target)] == [i for i in range(len(TEXTS)) if i != 5]
+
+
+def test_blocks_are_recut_into_the_local_engines_chunks(local_ray):
+    from distilsent.ray_engine import _numbered
+
+    tables = [pa.table({"text": [f"t{i}" for i in range(start, start + n)]}) for start, n in
+              ((0, 7), (7, 33), (40, 0), (40, 50), (90, 10))]
+    numbered, total = _numbered(ray, ray.data.from_arrow(tables), "row", 40)
+    chunks = [ray.get(ref) for ref in numbered.to_arrow_refs()]
+    # Each actor batch is then exactly a local chunk: int8 models quantize activations per batch, so the
+    # company a row keeps in its batch shows in the last digits of its score.
+    assert total == 100 and [c.num_rows for c in chunks] == [40, 40, 20]
+    rows = [r for c in chunks for r in c.to_pylist()]
+    assert [r["row"] for r in rows] == list(range(1, 101))
+    assert [r["text"] for r in rows] == [f"t{i}" for i in range(100)]

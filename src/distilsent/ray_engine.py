@@ -1,8 +1,10 @@
 """``distilsent score --engine ray``: the same scoring on a Ray cluster (``pip install 'distilsent[ray]'``).
 
 - Ray Data reads the input (CSV/TSV with every column kept as text, as the local engine does; JSONL;
-  Parquet). Each block gets the 1-based input row numbers of its rows, from a prefix sum of block sizes,
-  so order survives any scheduling: the index column is how the output is put back in order.
+  Parquet). The blocks are re-cut into the local engine's chunks (rows 1-1000, 1001-2000, ...) and every
+  row gets its 1-based input row number, so order survives any scheduling (the index column is how the
+  output is put back in order) and each actor batch is exactly a local chunk. Batches matter for the
+  bytes: int8 models quantize activations per batch, so scores depend slightly on the batch's company.
 - ``map_batches`` runs the rows through a pool of classifier actors; each actor loads the model once,
   with the ONNX backend and ``threads`` intra-op threads.
 - The model travels with the job: the driver puts the checkpoint's small files and its ONNX graph in the
@@ -19,6 +21,7 @@ by the workers themselves.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -152,8 +155,10 @@ def _csv_header(source: str, delimiter: str) -> list[str]:
             raise DataError(f"{source}: the file is empty") from None
 
 
-def _numbered(ray, ds, row_key: str):
-    """The dataset with a first column ``row_key``: each row's 1-based position in the input."""
+def _numbered(ray, ds, row_key: str, chunk_rows: int):
+    """The dataset cut into blocks of exactly ``chunk_rows`` rows (the local engine's chunks, so every
+    batch the actors see is the chunk the local engine scores: same batches, same bytes), each with a
+    first column ``row_key``: each row's 1-based position in the input. Returns it and the row count."""
     import pyarrow as pa
 
     @ray.remote
@@ -161,16 +166,23 @@ def _numbered(ray, ds, row_key: str):
         return block.num_rows
 
     @ray.remote
-    def number(block, first: int):
-        return block.add_column(0, row_key, pa.array(range(first, first + block.num_rows), pa.int64()))
+    def chunk(first: int, bounds: list, *blocks):
+        pieces = [block.slice(start, stop - start) for block, (start, stop) in zip(blocks, bounds)]
+        table = pa.concat_tables(pieces, promote_options="default")
+        return table.add_column(0, row_key, pa.array(range(first, first + table.num_rows), pa.int64()))
 
     blocks = ds.to_arrow_refs()
     sizes = ray.get([size.remote(b) for b in blocks])
-    starts, total = [], 1
-    for n in sizes:
-        starts.append(total)
-        total += n
-    return ray.data.from_arrow_refs([number.remote(b, s) for b, s in zip(blocks, starts)]), total - 1
+    starts = [0, *itertools.accumulate(sizes)]  # starts[i]: input row (0-based) where block i begins
+    total, chunks, first_block = starts[-1], [], 0
+    for begin in range(0, total, chunk_rows):
+        end = min(begin + chunk_rows, total)
+        while starts[first_block + 1] <= begin:  # blocks wholly before this chunk are done with
+            first_block += 1
+        overlapping = list(itertools.takewhile(lambda i: starts[i] < end, range(first_block, len(blocks))))
+        bounds = [(max(begin, starts[i]) - starts[i], min(end, starts[i + 1]) - starts[i]) for i in overlapping]
+        chunks.append(chunk.remote(begin + 1, bounds, *(blocks[i] for i in overlapping)))
+    return ray.data.from_arrow_refs(chunks), total
 
 
 def _output_schema(pa, input_schema, row_key: str, scorer: Scorer):
@@ -227,7 +239,7 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         row_key = f"{settings.prefix}row"
         if row_key in columns:
             raise DataError(f"{source} already has a column {row_key!r}; pass --prefix to name the new columns")
-        ds, total = _numbered(ray, ds, row_key)
+        ds, total = _numbered(ray, ds, row_key, settings.chunk_rows)
         if total == 0:
             raise DataError(f"{source}: no rows")
         schema = _output_schema(pa, ds.schema().base_schema, row_key, scorer)
