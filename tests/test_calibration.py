@@ -122,3 +122,35 @@ def test_calibrate_verb(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("sentence\tlabel\ngreat\t1\nbroken row\n")
     assert main(["calibrate", str(tiny_model_dir), str(tmp_path / "bad.tsv"), "--out", str(tmp_path / "x")]) == 1
     assert "bad.tsv:3" in capsys.readouterr().err
+
+
+def test_calibrated_weights_are_readable_by_others(tiny_model_dir, tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        out = write_calibrated(tiny_model_dir, tmp_path / "out", 2.0, "# c\n")
+    finally:
+        os.umask(previous)
+    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_shipped_default_model_is_calibrated(sst2_dir):
+    """Its card records T; multiplying its logits back by T (the weights before calibration) gives a worse
+    ECE and NLL on SST-2 dev, with the same predictions."""
+    import re
+
+    from distilsent.checkpoint import default_model_dir
+    from distilsent.data import read_examples
+    from distilsent.evaluate import metrics
+
+    card = (default_model_dir() / "README.md").read_text(encoding="utf-8")
+    temperature = float(re.search(r"divided by T = ([0-9.]+)", card).group(1))
+    assert temperature > 1  # an over-confident model is softened
+    examples = read_examples(sst2_dir / "dev.tsv")
+    logits = Classifier.load().logits([e.text for e in examples])
+    labels = np.array([e.label for e in examples])
+    shipped = metrics(labels, softmax(logits), ["NEGATIVE", "POSITIVE"])
+    uncalibrated = metrics(labels, softmax(logits * temperature), ["NEGATIVE", "POSITIVE"])
+    assert shipped["ece"] < uncalibrated["ece"] and shipped["nll"] < uncalibrated["nll"]
+    assert shipped["accuracy"] == uncalibrated["accuracy"]

@@ -96,8 +96,11 @@ def write_calibrated(source: str | os.PathLike, out: str | os.PathLike, temperat
             if path.is_file() and path.name not in REWRITTEN:
                 shutil.copy2(path, out / path.name)
     tensors = fold_temperature(_read_tensors(source), temperature)
+    from .checkpoint import _umask
+
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
+    (out / "model.safetensors").chmod(0o666 & ~_umask())  # safetensors writes 0600; the model is for others too
     stale_graph = out / "model.onnx"
     if stale_graph.is_file():
         stale_graph.unlink()
