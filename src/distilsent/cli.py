@@ -379,7 +379,8 @@ EXAMPLES = {
     "predict": """examples:
   distilsent predict "a gripping, beautiful film"
   printf 'great\\nawful\\n' | distilsent predict --top-k all
-  distilsent predict --model ./my-model --batch-size 128 < reviews.txt > predictions.jsonl""",
+  distilsent predict --model ./my-model --batch-size 128 < reviews.txt > predictions.jsonl
+  distilsent predict --long-text window --aggregate max --neutral-below 0.7 < reviews.txt""",
     "train": """examples:
   distilsent train train.tsv --dev dev.tsv --out runs/sst2 --preset sst2 --lr 5e-5
   distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
@@ -391,7 +392,8 @@ EXAMPLES = {
   distilsent distill train.tsv --teacher runs/wide/best --student ./distilbert-6 --out runs/cos --alpha-cos 1""",
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
-  distilsent eval runs/sst2/best dev.csv --json --plots plots/""",
+  distilsent eval runs/sst2/best dev.csv --json --plots plots/
+  distilsent eval default reviews.csv --long-text window --stride 128""",
     "calibrate": """examples:
   distilsent calibrate default held-out.csv --out ./calibrated      # then: distilsent predict --model ./calibrated
   distilsent calibrate ./my-model dev.tsv --out ./my-model-calibrated --long-text window""",
