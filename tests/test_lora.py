@@ -9,7 +9,7 @@ import torch
 from distilsent.checkpoint import load_model
 from distilsent.data import Example
 from distilsent.errors import InputError
-from distilsent.lora import TARGETS, LoRALinear, add_lora, merge_lora, trainable_parameters
+from distilsent.lora import TARGETS, LoRALinear, add_lora, merge_lora, merged_copy, trainable_parameters
 from distilsent.train import TrainConfig, initial_model, train
 from tests.conftest import TINY
 
@@ -47,6 +47,10 @@ def test_merged_model_equals_the_adapter_model(tiny_model_dir):
     with torch.no_grad():
         adapted = model(ids, mask)
         base = model.distilbert.transformer.layer[0].attention.q_lin.base.weight.clone()
+        saved = merged_copy(model)  # what train saves while the adapters keep training
+        assert (saved(ids, mask) - adapted).abs().max() < 1e-5
+    assert any(isinstance(m, LoRALinear) for m in model.modules())
+    assert not any(isinstance(m, LoRALinear) for m in saved.modules())
     merge_lora(model)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
     with torch.no_grad():

@@ -109,10 +109,36 @@ def has_lora(model) -> bool:
 
 
 def merged_copy(model):
-    """A merged copy to save while training continues on the adapters; ``model`` itself when it has none."""
+    """A plain model with the adapters folded in, to save while training goes on; ``model`` itself when it
+    has none. Only the adapted weights are new tensors: everything else is shared with ``model``, so saving
+    a LoRA run costs about one copy of those weights, not a copy of the whole model."""
     if not has_lora(model):
         return model
-    return merge_lora(copy.deepcopy(model))
+    from .model import DistilBertForSequenceClassification
+
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, LoRALinear):
+            with torch.no_grad():
+                state[prefix + "weight"] = module.base.weight + module.delta()
+            state[prefix + "bias"] = module.base.bias
+        elif not any(isinstance(m, LoRALinear) for m in _parents(model, name)):
+            state.update({prefix + k: v for k, v in module.named_parameters(recurse=False)})
+            state.update({prefix + k: v for k, v in module.named_buffers(recurse=False)})
+    with torch.device("meta"):
+        plain = DistilBertForSequenceClassification(model.config)
+    plain.load_state_dict({k: v.detach() for k, v in state.items()}, strict=True, assign=True)
+    return plain.train(model.training)
+
+
+def _parents(model, name: str):
+    """The modules above ``name`` (a dotted module path), outermost first."""
+    parts = name.split(".") if name else []
+    module = model
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        yield module
 
 
 __all__ = ["TARGETS", "LoRALinear", "add_lora", "has_lora", "merge_lora", "merged_copy", "trainable_parameters"]
