@@ -167,6 +167,17 @@ def _finetune_child(task: dict, method: str, out_dir: str) -> dict:
     from distilsent.data import Example
     from distilsent.train import TrainConfig, initial_model, train
 
+    import distilsent.lora
+
+    # The peak of the training steps alone: read just before train() saves the final model.
+    steps_peak_kb = []
+    merged_copy = distilsent.lora.merged_copy
+
+    def measured_merged_copy(model):
+        steps_peak_kb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        return merged_copy(model)
+
+    distilsent.lora.merged_copy = measured_merged_copy
     config = TrainConfig(**TRAIN, **FINETUNE[method])
     model, tokenizer = initial_model(str(default_model_dir()), task["labels"], seed=0)
     total = model.num_parameters()
@@ -181,6 +192,7 @@ def _finetune_child(task: dict, method: str, out_dir: str) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_loading_mb": loaded_kb / 1024,
         "training_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - loaded_kb) / 1024,
+        "steps_peak_mb": steps_peak_kb[0] / 1024,
     }
 
 
@@ -253,10 +265,16 @@ def stage_report(results: dict) -> None:
         for key, label, fmt in (("trainable_parameters", "trainable parameters", "{:,.0f}"),
                                 ("seconds_per_step", "seconds per step (mean over tasks)", "{:.2f}"),
                                 ("peak_rss_mb", "peak resident memory, MB (max over tasks)", "{:.0f}"),
-                                ("training_mb", "of which training (peak - after loading the model), MB", "{:.0f}")):
+                                ("training_mb", "of which training (peak - after loading the model), MB", "{:.0f}"),
+                                ("steps_peak_mb", "peak of the training steps alone (before saving), MB", "{:.0f}")):
             agg = np.mean if key == "seconds_per_step" else max
-            lora = agg([r[key] for _, m, r in costs if m == "lora"])
-            full = agg([r[key] for _, m, r in costs if m == "full"])
+            lora = [r[key] for _, m, r in costs if m == "lora" and key in r]
+            full = [r[key] for _, m, r in costs if m == "full" and key in r]
+            if not lora or not full:
+                continue
+            lora, full = agg(lora), agg(full)
+            if key == "steps_peak_mb":
+                label += f" ({', '.join(sorted({n for n, _, r in costs if key in r}))})"
             lines.append(f"| {label} | {fmt.format(lora)} | {fmt.format(full)} | {lora / full:.2f} |")
     if "throughput" in results:
         t = results["throughput"]
