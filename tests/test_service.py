@@ -680,7 +680,7 @@ def test_a_small_request_is_not_stuck_behind_a_big_one(clf):
             return gate.logits(ids, mask)
 
     fun = clf.encode(["fun"])[0][1]
-    big = ["the worst plot"] * 40  # 5 tokens each: 200 tokens, over many rounds of 2 x 16 tokens
+    big = ["the worst plot"] * 40  # 5 tokens each: 200 tokens, over many rounds of 16 tokens
 
     async def main():
         async with running(lambda: with_backend(clf, Recording()), max_batch_tokens=16, max_batch_size=4) as client:
