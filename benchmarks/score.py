@@ -133,8 +133,9 @@ def rss_run(model: Path, source: Path, target: Path, rows: int) -> dict:
 
 
 def ray_runs(model: str, source: Path, work: Path, clf) -> dict:
-    import ray
+    from distilsent.ray_engine import require_ray
 
+    ray = require_ray(local=True)
     from distilsent.bulk import ScoreSettings, score_stream
     from distilsent.ray_engine import score_on_ray
 

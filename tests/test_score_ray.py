@@ -3,8 +3,13 @@ the local engine: one output file, shards put back in order by their row column,
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from distilsent.ray_engine import LOOPBACK_ONLY_ENV
+
+os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")  # a local Ray on loopback only; read when Ray is imported
 pytest.importorskip("ray.data")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -40,7 +40,14 @@ from .tables import open_writer, require_pyarrow
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # not needed once the ONNX graph ships
 
 
-def require_ray():
+# Ray reads this when it is imported: "0" makes a node advertise and bind 127.0.0.1 instead of the machine's
+# network address. A local instance needs nothing else; a driver joining a cluster must not set it.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def require_ray(local: bool = False):
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -213,7 +220,7 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         raise InputError(f"embeddings are lists of numbers, which {out_fmt.upper()} cannot hold; write JSONL or Parquet")
     if "://" not in source and not Path(source).is_file():
         raise DataError(f"{source}: no such file")
-    ray = require_ray()
+    ray = require_ray(local=address is None)
     pa = require_pyarrow()
     from .checkpoint import load_config, resolve
 
