@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .data import TEXT_COLUMNS, detect_format
+from .data import TEXT_COLUMNS, detect_format, pick_column
 from .embeddings import POOLINGS
 from .errors import DataError, InputError
 from .long_text import aggregate as aggregate_windows
@@ -69,21 +69,6 @@ class ScoreSettings:
         check_strategy(self.long_text or "truncate", self.aggregate or "mean")
         if self.embeddings not in (None, *POOLINGS):
             raise InputError(f"embeddings pooling must be one of {', '.join(POOLINGS)}, got {self.embeddings!r}")
-
-
-def find_text_column(columns: Iterable[str], given: str | None, source: str) -> str:
-    """``given`` if it is a column, else the first of :data:`distilsent.data.TEXT_COLUMNS` present."""
-    columns = list(columns)
-    if given is not None:
-        if given not in columns:
-            raise DataError(f"{source}: no text column {given!r}; columns are {', '.join(map(str, columns))}")
-        return given
-    lowered = {str(c).lower(): c for c in columns}
-    for name in TEXT_COLUMNS:
-        if name in lowered:
-            return lowered[name]
-    raise DataError(f"{source}: cannot find a text column among {', '.join(map(str, columns)) or '(none)'}; "
-                    "pass --text-column")
 
 
 def text_problem(value: Any) -> str | None:
@@ -347,7 +332,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
         for index, rows in enumerate(chunked(reader, settings.chunk_rows)):
             if scorer is None:
                 columns = reader.columns if reader.columns is not None else [k for r in rows for k in r.record]
-                scorer = Scorer(clf, settings, find_text_column(dict.fromkeys(columns), settings.text_column, source))
+                scorer = Scorer(clf, settings, pick_column(columns, settings.text_column, TEXT_COLUMNS, "text", source))
                 layout = _layout(reader, rows, scorer, out_fmt)
                 scorer.check_columns(layout.columns[: len(layout.columns) - len(scorer.columns)], source)
             for row in rows:

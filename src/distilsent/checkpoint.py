@@ -9,7 +9,9 @@ and the Hub answers. Finding and reading the directory needs no torch; building 
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +130,20 @@ def _download(repo_id: str) -> Path:
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
     return config_path.parent
+
+
+def files_digest(directory: Path, names: Sequence[str], salt: str = "") -> str:
+    """SHA-256 over ``salt`` and the named files of ``directory`` that exist (name and bytes of each), read
+    in blocks: what decides whether a cached product of a checkpoint (a graph, a teacher's logits) is stale."""
+    digest = hashlib.sha256(salt.encode())
+    for name in names:
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def load_config(directory: Path) -> DistilBertConfig:

@@ -140,23 +140,24 @@ def _names(value: str) -> tuple[str, ...]:
     return names
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
+def _train_config(args: argparse.Namespace, base, **more):
+    """``base`` (a TrainConfig) with every training flag the user gave (see ``training_flags``) and ``more``."""
+    given = {
+        "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+        "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
+        "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
+        "weight_decay": args.weight_decay, "max_steps": args.max_steps, **more,
+    }
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
+
+def cmd_train(args: argparse.Namespace) -> None:
     from .data import read_examples
     from .modelcard import model_card
     from .train import PRESETS, TrainConfig, initial_model, train
 
-    config = PRESETS[args.preset] if args.preset else TrainConfig()
-    overrides = {
-        "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-        "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
-        "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
-        "weight_decay": args.weight_decay, "max_steps": args.max_steps,
-        "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha,
-        "lora_targets": args.lora_targets,
-    }
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    config = _train_config(args, PRESETS[args.preset] if args.preset else TrainConfig(),
+                           lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
     columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels,
                "fmt": args.format}
     train_examples = read_examples(args.train_file, **columns)
@@ -180,13 +181,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
     from .distill import DistillConfig, distill, read_distill_examples, teacher_labels
     from .train import TrainConfig
 
-    overrides = {
-        "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-        "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
-        "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
-        "weight_decay": args.weight_decay, "max_steps": args.max_steps,
-    }
-    config = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    config = _train_config(args, TrainConfig())
     options = DistillConfig(temperature=args.temperature, alpha_soft=args.alpha_soft, alpha_hard=args.alpha_hard,
                             alpha_cos=args.alpha_cos, teacher_backend=args.teacher_backend)
     labels = teacher_labels(args.teacher)
@@ -460,6 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "risk-coverage curve of eval --plots; default: off)")
     p.set_defaults(run=cmd_predict)
 
+    def training_flags(p: argparse.ArgumentParser) -> None:
+        """The training loop's settings, shared by train and distill (default: the preset's or TrainConfig's)."""
+        p.add_argument("--lr", type=float, default=None, help="peak learning rate")
+        p.add_argument("--batch-size", type=_positive_int, default=None)
+        p.add_argument("--epochs", type=_positive_int, default=None)
+        p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS",
+                       help="stop after this many optimizer steps (default: every epoch); a warm-up that is not "
+                            "shorter than the run is cut to 10%% of it")
+        p.add_argument("--warmup-steps", type=int, default=None)
+        p.add_argument("--max-length", type=_positive_int, default=None)
+        p.add_argument("--weight-decay", type=float, default=None)
+        p.add_argument("--seed", type=int, default=None)
+        p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
+        p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
+        p.add_argument("--threads", type=_positive_int, default=None)
+
     def data_columns(p: argparse.ArgumentParser) -> None:
         p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
         p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
@@ -475,24 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=_labels, default=LABELS,
                    help=f"label names in id order (default: {','.join(LABELS)})")
     data_columns(p)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS",
-                   help="stop after this many optimizer steps (default: every epoch); a warm-up that is not "
-                        "shorter than the run is cut to 10%% of it")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--max-length", type=_positive_int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
-    p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
+    training_flags(p)
     p.add_argument("--lora-rank", type=_positive_int, default=None, metavar="R",
                    help="train rank-R LoRA adapters and the head instead of every weight; merged on save")
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 * rank)")
     p.add_argument("--lora-targets", type=_names, default=None, metavar="NAMES",
                    help="comma-separated layers to adapt (default: q_lin,k_lin,v_lin,out_lin,lin1,lin2)")
-    p.add_argument("--threads", type=_positive_int, default=None)
     quiet(p)
     p.set_defaults(run=cmd_train)
 
@@ -518,17 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-cache", default=None, metavar="DIR",
                    help="where the teacher's logits are kept (default: $DISTILSENT_CACHE/teacher-logits)")
     data_columns(p)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--max-length", type=_positive_int, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
-    p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
-    p.add_argument("--threads", type=_positive_int, default=None)
+    training_flags(p)
     quiet(p)
     p.set_defaults(run=cmd_distill)
 

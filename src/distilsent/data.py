@@ -12,7 +12,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +106,19 @@ def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict]]:
         yield reader.line_num, dict(zip(header, fields))
 
 
-def _pick(record: dict, given: str | None, candidates: Sequence[str], what: str, path: str) -> str:
+def pick_column(columns: Iterable[str], given: str | None, candidates: Sequence[str], what: str, path: str) -> str:
+    """``given`` if it is one of ``columns``, else the first of ``candidates`` present (case-insensitive)."""
+    columns = list(columns)
     if given is not None:
-        if given not in record:
-            raise DataError(f"{path}: no {what} column {given!r}; columns are {', '.join(map(str, record))}")
+        if given not in columns:
+            raise DataError(f"{path}: no {what} column {given!r}; columns are {', '.join(map(str, columns))}")
         return given
-    lowered = {str(k).lower(): k for k in record}
+    lowered = {str(k).lower(): k for k in columns}
     for name in candidates:
         if name in lowered:
             return lowered[name]
     raise DataError(
-        f"{path}: cannot find a {what} column among {', '.join(map(str, record))}; pass the column name"
+        f"{path}: cannot find a {what} column among {', '.join(map(str, columns)) or '(none)'}; pass --{what}-column"
     )
 
 
@@ -164,8 +166,8 @@ def read_examples(
     for number, record in _rows(path, fmt):
         if columns is None:
             columns = (
-                _pick(record, text_column, TEXT_COLUMNS, "text", path),
-                _pick(record, label_column, LABEL_COLUMNS, "label", path),
+                pick_column(record, text_column, TEXT_COLUMNS, "text", path),
+                pick_column(record, label_column, LABEL_COLUMNS, "label", path),
             )
         text_key, label_key = columns
         where = f"{path}:{number}" if fmt != "parquet" else f"{path}: row {number}"
@@ -232,7 +234,7 @@ def read_texts(path: str | os.PathLike, *, text_column: str | None = None) -> li
     fmt = detect_format(path)
     texts, column = [], None
     for number, record in _rows(path, fmt):
-        column = column or _pick(record, text_column, TEXT_COLUMNS, "text", path)
+        column = column or pick_column(record, text_column, TEXT_COLUMNS, "text", path)
         text = record.get(column)
         if not isinstance(text, str):
             where = f"{path}:{number}" if fmt != "parquet" else f"{path}: row {number}"

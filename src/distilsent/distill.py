@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import files_digest
 from .config import LABELS
 from .data import LABEL_COLUMNS, Example, columns, read_examples, read_texts
 from .errors import DistilsentError, InputError
@@ -147,15 +148,7 @@ class Distillation:
 
 def teacher_digest(directory: Path) -> str:
     """SHA-256 over the files that decide a checkpoint's logits."""
-    digest = hashlib.sha256()
-    for name in TEACHER_FILES:
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+    return files_digest(directory, TEACHER_FILES)
 
 
 def logits_key(digest: str, texts: Sequence[str], max_length: int) -> str:

@@ -46,7 +46,6 @@ and clears it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -306,17 +305,9 @@ def write_onnx(directory: Path, config: DistilBertConfig, target: Path, int8: bo
 
 
 def weights_digest(directory: Path) -> str:
-    from .checkpoint import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME
+    from .checkpoint import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, files_digest
 
-    digest = hashlib.sha256(GRAPH_VERSION.encode())
-    for name in (CONFIG_NAME, SAFETENSORS_NAME, PICKLE_NAME):
-        path = directory / name
-        if path.is_file():
-            digest.update(name.encode())
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
+    return files_digest(directory, (CONFIG_NAME, SAFETENSORS_NAME, PICKLE_NAME), salt=GRAPH_VERSION)
 
 
 def onnx_path(directory: Path, config: DistilBertConfig) -> Path:

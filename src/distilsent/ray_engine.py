@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .bulk import REPORTED_ROWS, ScoreSettings, Scorer, find_text_column, text_problem
-from .data import detect_format
+from .bulk import REPORTED_ROWS, ScoreSettings, Scorer, text_problem
+from .data import TEXT_COLUMNS, detect_format, pick_column
 from .errors import DataError, DistilsentError, InputError, MissingDependencyError
 from .progress import Progress
 from .tables import open_writer, require_pyarrow
@@ -241,7 +241,7 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         context.enable_progress_bars = False
         ds = _read(ray, source, in_fmt, joined=address is not None)
         columns = ds.schema().names
-        scorer = Scorer(_Labels(labels), settings, find_text_column(columns, settings.text_column, source))
+        scorer = Scorer(_Labels(labels), settings, pick_column(columns, settings.text_column, TEXT_COLUMNS, "text", source))
         scorer.check_columns(columns, source)
         row_key = f"{settings.prefix}row"
         if row_key in columns:
