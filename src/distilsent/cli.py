@@ -327,9 +327,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from .embeddings import write_embeddings
 
     texts = read_texts(args.input, text_column=args.text_column)
-    options = {"max_length": args.max_length} if args.max_length else {}
-    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
-                          **options)
+    options = {name: value for name, value in (("max_length", args.max_length), ("batch_size", args.batch_size))
+               if value is not None}
+    clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options)
     start = time.perf_counter()
     vectors = clf.embed(texts, pooling=args.pooling, layer=args.layer, normalize=args.normalize)
     seconds = time.perf_counter() - start
@@ -649,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden state: 0 the embeddings, 1..n the blocks, negative from the end (default: -1)")
     p.add_argument("--normalize", action="store_true", help="scale every vector to unit length")
     p.add_argument("--text-column", default=None, help="text column of a table (default: sentence/text/review/...)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per batch (default: 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.set_defaults(run=cmd_embed)

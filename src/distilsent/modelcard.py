@@ -155,7 +155,8 @@ def model_card(
         f"{task}: reviews, feedback, social posts. Texts longer than the maximum "
         f"length ({config.max_position_embeddings} positions) are truncated unless distilsent reads them "
         "with `long_text=\"head_tail\"` or `\"window\"`. Scores are softmax probabilities and are not "
-        "perfectly calibrated (see ECE above; `distilsent calibrate` fits a temperature). It was not trained "
+        "perfectly calibrated (`distilsent eval` reports their ECE; `distilsent calibrate` fits a temperature). "
+        "It was not trained "
         "for sarcasm, "
         f"{'mixed or neutral sentiment, ' if config.num_labels == 2 else ''}other languages, or domains far "
         "from its training data.",
