@@ -637,19 +637,24 @@ def test_a_dead_worker_fails_waiting_requests_and_health_says_503(clf):
     run(main())
 
 
+class Recording:
+    """A backend that notes the first word piece of every row it runs, then waits at ``gate``."""
+
+    def __init__(self, gate, seen: list):
+        self.gate, self.seen = gate, seen
+
+    def logits(self, ids, mask):
+        self.seen.extend(ids[:, 1].tolist())
+        return self.gate.logits(ids, mask)
+
+
 def test_a_client_that_hangs_up_has_its_queued_texts_dropped_and_is_counted_as_499(clf):
     gate = Gate(clf.backend)
     seen = []
-
-    class Recording:
-        def logits(self, ids, mask):
-            seen.extend(ids[:, 1].tolist())
-            return gate.logits(ids, mask)
-
     dull = clf.encode(["dull"])[0][1]
 
     async def main():
-        async with running(lambda: with_backend(clf, Recording())) as client:
+        async with running(lambda: with_backend(clf, Recording(gate, seen))) as client:
             batcher = client.app.state.service.batcher
             try:
                 first = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
@@ -673,17 +678,11 @@ def test_a_client_that_hangs_up_has_its_queued_texts_dropped_and_is_counted_as_4
 def test_a_small_request_is_not_stuck_behind_a_big_one(clf):
     gate = Gate(clf.backend)
     order = []
-
-    class Recording:
-        def logits(self, ids, mask):
-            order.extend(ids[:, 1].tolist())
-            return gate.logits(ids, mask)
-
     fun = clf.encode(["fun"])[0][1]
     big = ["the worst plot"] * 40  # 5 tokens each: 200 tokens, over many rounds of 16 tokens
 
     async def main():
-        async with running(lambda: with_backend(clf, Recording()), max_batch_tokens=16, max_batch_size=4) as client:
+        async with running(lambda: with_backend(clf, Recording(gate, order)), max_batch_tokens=16, max_batch_size=4) as client:
             try:
                 first = asyncio.create_task(client.post("/", json={"inputs": big}))
                 await wait_admitted(client, 40)
