@@ -89,26 +89,17 @@ def test_model_card_is_not_binary(three_class):
 
 def test_serve_answers_with_three_labels(three_class):
     pytest.importorskip("fastapi", reason="needs the serve extra")
-    import httpx
-
-    from distilsent.service import ServiceSettings, create_app
+    from .test_service import running
 
     model, _ = three_class
     clf = Classifier.load(model, threads=1)
 
     async def go():
-        app = create_app(ServiceSettings(), load=lambda: clf)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-                for _ in range(500):
-                    if (await client.get("/health")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.01)
-                hf = await client.post("/", json={"inputs": ["the story", "best fun"], "parameters": {"top_k": None}})
-                tei = await client.post("/predict", json={"inputs": "awful"})
-                info = await client.get("/info")
-                return hf.json(), tei.json(), info.json()
+        async with running(lambda: clf) as client:
+            hf = await client.post("/", json={"inputs": ["the story", "best fun"], "parameters": {"top_k": None}})
+            tei = await client.post("/predict", json={"inputs": "awful"})
+            info = await client.get("/info")
+            return hf.json(), tei.json(), info.json()
 
     hf, tei, info = asyncio.run(go())
     assert info["labels"] == list(LABELS)

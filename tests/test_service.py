@@ -50,14 +50,20 @@ class Gate:
 
 @asynccontextmanager
 async def running(load, ready: bool = True, **limits):
+    """A client of a started app whose model ``load`` returns (ready unless told), stopped on exit."""
     app = create_app(ServiceSettings(**limits), load=load)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            client.app = app
-            if ready:
-                await wait_ready(client)
-            yield client
+    async with app.router.lifespan_context(app), asgi_client(app) as client:
+        if ready:
+            await wait_ready(client)
+        yield client
+
+
+@asynccontextmanager
+async def asgi_client(app):
+    """An httpx client that calls ``app`` in process; ``client.app`` is the app."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
+        client.app = app
+        yield client
 
 
 async def wait_ready(client: httpx.AsyncClient) -> None:
@@ -421,9 +427,7 @@ def test_shutdown_finishes_in_flight_requests_and_refuses_new_ones(clf):
     async def main():
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            client.app = app
+        async with asgi_client(app) as client:
             await wait_ready(client)
             in_flight = [asyncio.create_task(client.post("/", json={"inputs": t})) for t in TEXTS[:4]]
             await wait_admitted(client, 4)
@@ -762,9 +766,7 @@ def test_work_outlasting_the_shutdown_timeout_gets_a_json_503_and_close_is_bound
     async def main():
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            client.app = app
+        async with asgi_client(app) as client:
             await wait_ready(client)
             never = asyncio.Event()
             held = asyncio.create_task(call_raw(app, body_then(b'{"inputs": "fun"}', never)))

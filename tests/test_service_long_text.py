@@ -4,15 +4,14 @@ per-request window limit."""
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'distilsent[serve]'")
-import httpx  # noqa: E402
 
 from distilsent import Classifier  # noqa: E402
-from distilsent.service import ServiceSettings, create_app  # noqa: E402
+
+from .test_service import running  # noqa: E402
 
 LONG = " ".join(["the film was good but the plot was boring and the actors were awful"] * 20)  # ~300 tokens
 
@@ -22,18 +21,6 @@ def clf(tiny_model_dir) -> Classifier:
     return Classifier.load(tiny_model_dir, threads=1)
 
 
-@asynccontextmanager
-async def running(clf, **settings):
-    app = create_app(ServiceSettings(**settings), load=lambda: clf)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
-            for _ in range(500):
-                if (await client.get("/health")).status_code == 200:
-                    break
-                await asyncio.sleep(0.01)
-            yield client
-
-
 def close(got, expected):
     assert [d["label"] for d in got] == [d["label"] for d in expected]
     assert [d["score"] for d in got] == pytest.approx([d["score"] for d in expected], rel=1e-5)
@@ -41,7 +28,7 @@ def close(got, expected):
 
 def test_over_long_text_without_a_strategy_keeps_its_422(clf):
     async def go():
-        async with running(clf) as client:
+        async with running(lambda: clf) as client:
             for route, body in (("/", {"inputs": LONG, "parameters": {}}), ("/predict", {"inputs": [LONG]})):
                 response = await client.post(route, json=body)
                 assert response.status_code == 422 and "long_text" in response.json()["error"]
@@ -51,7 +38,7 @@ def test_over_long_text_without_a_strategy_keeps_its_422(clf):
 
 def test_hugging_face_parameters_read_long_texts(clf):
     async def go():
-        async with running(clf) as client:
+        async with running(lambda: clf) as client:
             for strategy, aggregate in (("head_tail", "mean"), ("window", "mean"), ("window", "max")):
                 parameters = {"long_text": strategy, "aggregate": aggregate, "stride": 20, "top_k": None}
                 response = await client.post("/", json={"inputs": [LONG, "great fun"], "parameters": parameters})
@@ -65,7 +52,7 @@ def test_hugging_face_parameters_read_long_texts(clf):
 
 def test_tei_body_reads_long_texts(clf):
     async def go():
-        async with running(clf) as client:
+        async with running(lambda: clf) as client:
             response = await client.post("/predict", json={"inputs": LONG, "long_text": "window", "stride": 31})
             assert response.status_code == 200, response.text
             close(response.json(), clf(LONG, long_text="window", stride=31, top_k=None))
@@ -75,7 +62,7 @@ def test_tei_body_reads_long_texts(clf):
 
 def test_server_default_strategy_applies_when_the_request_does_not_say(clf):
     async def go():
-        async with running(clf, long_text="head_tail") as client:
+        async with running(lambda: clf, long_text="head_tail") as client:
             response = await client.post("/", json={"inputs": LONG})
             assert response.status_code == 200
             close(response.json(), clf([LONG], long_text="head_tail"))
@@ -85,7 +72,7 @@ def test_server_default_strategy_applies_when_the_request_does_not_say(clf):
 
 def test_window_limit_per_request(clf):
     async def go():
-        async with running(clf, max_request_windows=8) as client:
+        async with running(lambda: clf, max_request_windows=8) as client:
             windows = len(clf.windows([LONG], long_text="window", stride=31).sequences)
             assert windows > 8
             response = await client.post("/", json={"inputs": LONG, "parameters": {"long_text": "window",
@@ -105,7 +92,7 @@ def test_window_limit_per_request(clf):
 
 def test_neutral_below_request_parameter(clf):
     async def go():
-        async with running(clf) as client:
+        async with running(lambda: clf) as client:
             texts = ["great fun", "awful bad"]
             response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 1.0}})
             assert response.status_code == 200

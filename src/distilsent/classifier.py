@@ -193,8 +193,7 @@ class Classifier:
         """
         if not sequences:
             return np.empty((0, self.config.num_labels), dtype=np.float32)
-        ids, mask = self.tokenizer.pad(sequences)
-        check_batch(ids, mask, self.config.max_position_embeddings)
+        ids, mask = self._pad(sequences)
         logits = self.backend.logits(ids, mask)
         if logits.shape != (len(sequences), self.config.num_labels):
             raise CheckpointError(
@@ -218,9 +217,14 @@ class Classifier:
         hidden_states = getattr(self.backend, "hidden_states", None)
         if hidden_states is None:
             raise InputError(f"the {getattr(self.backend, 'name', 'custom')} backend does not give hidden states")
+        ids, mask = self._pad(sequences)
+        return [np.asarray(h, dtype=np.float32) for h in hidden_states(ids, mask, list(layers))], mask
+
+    def _pad(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) ids and mask padded on the right, checked against the backend contract."""
         ids, mask = self.tokenizer.pad(sequences)
         check_batch(ids, mask, self.config.max_position_embeddings)
-        return [np.asarray(h, dtype=np.float32) for h in hidden_states(ids, mask, list(layers))], mask
+        return ids, mask
 
     def embed(
         self,
