@@ -194,8 +194,9 @@ class BadRows:
         return keep
 
 
-def chunked(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    chunk: list[Row] = []
+def chunked(rows: Iterable, size: int) -> Iterator[list]:
+    """Lists of ``size`` items (the last may be shorter), read lazily: memory holds one chunk."""
+    chunk: list = []
     for row in rows:
         chunk.append(row)
         if len(chunk) == size:

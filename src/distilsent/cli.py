@@ -50,17 +50,6 @@ def _stdin_lines() -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 # How the command line reads texts longer than the model's 512 tokens; chosen by benchmarks/long_text.py on
 # an IMDb validation split (see README "Long texts").
 DEFAULT_LONG_TEXT = "head_tail"
@@ -92,13 +81,14 @@ def long_text_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .bulk import chunked
     from .classifier import Classifier
 
     options = {k: v for k, v in (("batch_size", args.batch_size), ("max_length", args.max_length)) if v}
     clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options, **_long_text(args))
     # Someone typing at a terminal waits for each answer; a pipe is read in chunks, which batches well.
     chunk = 1 if sys.stdin.isatty() else CHUNK
-    chunks = [args.texts] if args.texts else _chunks(_stdin_lines(), chunk)
+    chunks = [args.texts] if args.texts else chunked(_stdin_lines(), chunk)
     call = {} if args.top_k is False else {"top_k": args.top_k}
     if args.neutral_below is not None:
         call["neutral_below"] = args.neutral_below

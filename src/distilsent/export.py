@@ -151,7 +151,7 @@ def export_card(source_card: str, fallback_name: str, *, int8: bool, parity: Par
         + "It uses ONNX Runtime's fused operators (com.microsoft); inputs `input_ids` and `attention_mask` (int64, "
         "right padding, dynamic batch and sequence axes), output `logits`.",
         "",
-        f"It loads with `distilsent.Classifier.load(path)` (needs onnxruntime, tokenizers and numpy; no torch). It "
+        "It loads with `distilsent.Classifier.load(path)` (needs onnxruntime, tokenizers and numpy; no torch). It "
         "holds no PyTorch weights, so it does not load in `transformers`: use the source checkpoint for that.",
         "",
         "## Parity with the source model",

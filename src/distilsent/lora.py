@@ -12,7 +12,6 @@ never imports, and it wraps the model in its own class; what our plain-PyTorch m
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 
