@@ -7,9 +7,6 @@ Labels may be integer ids or names (``positive``, ``neg``, ``NEGATIVE``...). A m
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import LABELS
-from .errors import DataError, MissingDependencyError
+from .errors import DataError
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
 LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class")
@@ -46,64 +43,19 @@ def detect_format(path: str) -> str:
 
 
 def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict]]:
-    """(line or row number, record) pairs; header problems and unreadable lines raise DataError."""
-    if fmt == "parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise MissingDependencyError("reading Parquet needs pyarrow: pip install 'distilsent[train]'") from None
-        try:
-            table = pq.read_table(path)
-        except Exception as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        for number, record in enumerate(table.to_pylist(), start=1):
-            yield number, record
-        return
+    """(line or row number, record) pairs, streamed by :func:`distilsent.tables.open_reader`; the first row
+    that cannot be read is a DataError naming its line."""
+    from .tables import open_reader  # tables builds on this module (detect_format)
+
+    reader = open_reader(path, fmt)
     try:
-        handle = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except OSError as e:
-        raise DataError(f"{path}: {e.strerror}") from None
-    with handle:
-        data = handle.read()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: invalid UTF-8") from None
-    if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: invalid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
-        return
-    if fmt == "tsv":
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{path}: the file is empty") from None
-    except csv.Error as e:
-        raise DataError(f"{path}:1: {e}") from None
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise DataError(f"{path}:{reader.line_num}: {e}") from None
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(fields)}")
-        yield reader.line_num, dict(zip(header, fields))
+        for row in reader:
+            where = row.line if row.line is not None else row.number
+            if row.problem is not None:
+                raise DataError(f"{path}:{where}: {row.problem}")
+            yield where, row.record
+    finally:
+        reader.close()
 
 
 def pick_column(columns: Iterable[str], given: str | None, candidates: Sequence[str], what: str, path: str) -> str:
@@ -229,8 +181,6 @@ def read_texts(path: str | os.PathLike, *, text_column: str | None = None) -> li
             except UnicodeDecodeError:
                 raise DataError(f"{path}:{number}: invalid UTF-8") from None
         return texts
-    if not Path(path).is_file():
-        raise DataError(f"{path}: no such file")
     fmt = detect_format(path)
     texts, column = [], None
     for number, record in _rows(path, fmt):

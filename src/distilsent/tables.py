@@ -122,7 +122,7 @@ class _CsvReader(_TextReader):
                 continue  # a blank line is not a row
             number += 1
             if problem is None and any(first_line <= n <= line for n in self.lines.invalid):
-                problem = "invalid UTF-8 (replaced with U+FFFD)"
+                problem = "invalid UTF-8"
             if problem is None and len(fields) != len(self.columns):
                 problem = f"expected {len(self.columns)} fields, found {len(fields)}"
             yield Row(number, dict(zip(self.columns, fields)), line, problem)
