@@ -125,7 +125,7 @@ def read_terms(path: str | Path) -> tuple[Term, ...]:
     return tuple(terms)
 
 
-def positive_index(labels: Sequence[str], positive_label: str = "POSITIVE") -> int:
+def label_index(labels: Sequence[str], positive_label: str = "POSITIVE") -> int:
     for i, label in enumerate(labels):
         if label.lower() == positive_label.lower():
             return i
@@ -186,7 +186,7 @@ class ProbeResult:
 
 def run_probe(classifier, probe: Probe, *, positive_label: str = "POSITIVE") -> ProbeResult:
     """Classify every sentence of ``probe`` with ``classifier`` and keep P(``positive_label``)."""
-    index = positive_index(classifier.labels, positive_label)
+    index = label_index(classifier.labels, positive_label)
     sentences = probe.sentences()
     probabilities = classifier.scores(classifier.logits([s for _, _, s in sentences]), "softmax")[:, index]
     rows = [(t, term, s, float(p)) for (t, term, s), p in zip(sentences, probabilities)]
