@@ -162,13 +162,16 @@ def test_embed_verb_writes_npy_and_parquet_in_input_order(tiny_model_dir, tmp_pa
     expected = Classifier.load(tiny_model_dir).embed(TEXTS, pooling="mean", layer=1, normalize=True)
     args = ["--model", str(tiny_model_dir), "--pooling", "mean", "--layer", "1", "--normalize"]
     assert main(["embed", str(source), str(tmp_path / "out.npy"), *args]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert f"embed: {len(TEXTS)}/{len(TEXTS)} texts" in err  # progress on stderr
     assert summary["texts"] == len(TEXTS) and summary["dim"] == 32
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-6)
 
     table = tmp_path / "texts.csv"
     table.write_text("id,body\n" + "".join(f'{i},"{t}"\n' for i, t in enumerate(TEXTS)), encoding="utf-8")
-    assert main(["embed", str(table), str(tmp_path / "out.parquet"), "--text-column", "body", *args]) == 0
+    assert main(["embed", str(table), str(tmp_path / "out.parquet"), "--text-column", "body", "--quiet", *args]) == 0
+    assert capsys.readouterr().err == ""
     written = pq.read_table(tmp_path / "out.parquet")
     assert written.column("text").to_pylist() == TEXTS
     np.testing.assert_allclose(np.array(written.column("embedding").to_pylist()), expected, atol=1e-6)

@@ -314,14 +314,16 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
     from .classifier import Classifier
     from .data import read_texts
-    from .embeddings import write_embeddings
+    from .embeddings import embed, output_format, write_embeddings
 
+    output_format(args.output)
     texts = read_texts(args.input, text_column=args.text_column)
     options = {name: value for name, value in (("max_length", args.max_length), ("batch_size", args.batch_size))
                if value is not None}
     clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options)
     start = time.perf_counter()
-    vectors = clf.embed(texts, pooling=args.pooling, layer=args.layer, normalize=args.normalize)
+    vectors = embed(clf, texts, pooling=args.pooling, layer=args.layer, normalize=args.normalize,
+                    progress=not args.quiet)
     seconds = time.perf_counter() - start
     write_embeddings(vectors, args.output, texts if Path(args.output).suffix.lower() == ".parquet" else None)
     print(json.dumps({"output": args.output, "texts": len(texts), "dim": int(vectors.shape[1]),
@@ -642,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None)
+    quiet(p)
     p.set_defaults(run=cmd_embed)
 
     p = verb("fewshot", "fit a new head for your labels on a few examples each (frozen encoder); a normal model dir")

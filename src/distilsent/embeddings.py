@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, MissingDependencyError
+from .progress import Progress
 
 POOLINGS = ("cls", "mean")
 FORMATS = ("npy", "parquet")
@@ -57,26 +58,36 @@ def embed(
     truncation: bool = True,
     max_length: int | None = None,
     batch_size: int | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
-    """One float32 vector (n, dim) per text, in input order; see :meth:`distilsent.Classifier.embed`."""
+    """One float32 vector (n, dim) per text, in input order; see :meth:`distilsent.Classifier.embed`.
+    ``progress`` shows the texts done on stderr (see :mod:`distilsent.progress`)."""
     if pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     index = layer_index(layer, classifier.config.n_layers)
     sequences = classifier.encode(texts, truncation=truncation, max_length=max_length)
     out = np.empty((len(sequences), classifier.config.dim), dtype=np.float32)
-    for batch in classifier.plan([len(s) for s in sequences], batch_size=batch_size):
-        (hidden,), mask = classifier.run_hidden([sequences[i] for i in batch], (index,))
-        out[batch] = pool(hidden, mask, pooling)
+    with Progress(len(sequences), desc="embed", unit="text", enabled=progress) as bar:
+        for batch in classifier.plan([len(s) for s in sequences], batch_size=batch_size):
+            (hidden,), mask = classifier.run_hidden([sequences[i] for i in batch], (index,))
+            out[batch] = pool(hidden, mask, pooling)
+            bar.update(len(batch))
     return normalize_rows(out) if normalize else out
+
+
+def output_format(path: str | os.PathLike) -> str:
+    """``npy`` or ``parquet`` from the file extension, else an InputError (checked before any work)."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: write embeddings to a .npy or .parquet file")
+    return fmt
 
 
 def write_embeddings(vectors: np.ndarray, path: str | os.PathLike, texts: Sequence[str] | None = None) -> Path:
     """Write (n, dim) vectors to ``.npy`` (float32 array) or ``.parquet`` (one row per text: ``text`` when
     given, and ``embedding``, a fixed-size list of float32), chosen by the file extension."""
     path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise InputError(f"{path}: write embeddings to a .npy or .parquet file")
+    fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "npy":
         np.save(path, np.asarray(vectors, dtype=np.float32))
