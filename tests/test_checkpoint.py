@@ -58,6 +58,31 @@ def test_float16_storage_halves_the_file_and_loads_as_float32(tiny_model_dir, tm
     assert size16 < 0.6 * size32
 
 
+def test_float16_storage_loads_as_float32_in_transformers_without_a_dtype(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model(tiny_model_dir)
+    save_model(model, tokenizer, tmp_path, dtype=torch.float16)
+    ours, _ = load_model(tmp_path)
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert {p.dtype for p in theirs.parameters()} == {torch.float32}
+    ids, mask = batch(tokenizer)
+    with torch.no_grad():
+        logits = theirs(input_ids=ids, attention_mask=mask).logits
+        assert logits.dtype == torch.float32
+        assert torch.equal(ours(ids, mask), logits)
+
+
+def test_the_shipped_default_model_loads_as_float32_in_transformers():
+    if not (default_model_dir() / "model.safetensors").is_file():
+        pytest.skip("the default model is not installed")
+    ours, tokenizer = load_model(default_model_dir())
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(default_model_dir()).eval()
+    ids, mask = batch(tokenizer)
+    with torch.no_grad():
+        logits = theirs(input_ids=ids, attention_mask=mask).logits
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, ours(ids, mask), rtol=0, atol=1e-5)
+
+
 @pytest.fixture
 def copy(tiny_model_dir, tmp_path):
     target = tmp_path / "model"

@@ -170,6 +170,20 @@ def test_teacher_logits_are_computed_once_and_a_changed_file_invalidates_them(
     assert calls == [32, 32, 32] and len(list(cache.glob("*.npy"))) == 3
 
 
+def test_teacher_logits_read_texts_as_the_student_trains_on_them(teacher_dir, cache):
+    from distilsent.distill import cached_teacher_logits
+
+    texts = [" ".join([e.text] * 6) for e in dataset(16, 0)]  # longer than 16 tokens
+    teacher = Classifier.load(teacher_dir)
+    truncated = cached_teacher_logits(teacher_dir, texts, 16, cache=cache, progress=False)[0]
+    head_tail, path = cached_teacher_logits(teacher_dir, texts, 16, long_text="head_tail", head=4, cache=cache,
+                                            progress=False)
+    expected = teacher.run(teacher.windows(texts, long_text="head_tail", head=4, max_length=16).sequences)
+    assert np.allclose(head_tail, expected, atol=1e-5)
+    assert not np.allclose(head_tail, truncated, atol=1e-3)
+    assert len(list(cache.glob("*.npy"))) == 2 and path.is_file()
+
+
 def test_an_interrupted_teacher_resumes_at_its_last_whole_chunk(teacher_dir, cache, monkeypatch):
     from distilsent.distill import cached_teacher_logits
 

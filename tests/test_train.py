@@ -56,6 +56,28 @@ def test_learns_keeps_best_and_writes_metrics(tiny_model_dir, tmp_path):
     assert [r["label"] for r in clf(["a great film", "the worst plot"])] == ["POSITIVE", "NEGATIVE"]
 
 
+def test_head_tail_training_learns_a_verdict_at_the_end_of_long_texts(tiny_model_dir, tmp_path):
+    def reviews(n, seed):  # 30 filler words, then the only word that tells the label
+        rng = random.Random(seed)
+        return [Example(" ".join(rng.choices(FILLER, k=30) + [rng.choice(POSITIVE if label else NEGATIVE)]), label)
+                for label in (rng.randrange(2) for _ in range(n))]
+
+    accuracy = {}
+    for strategy in ("truncate", "head_tail"):
+        config = TrainConfig(**{**FAST.__dict__, "max_length": 16, "long_text": strategy, "head": 4, "epochs": 6})
+        model, tokenizer = fresh(tiny_model_dir)
+        summary = train(model, tokenizer, reviews(320, 0), reviews(100, 1), config, tmp_path / strategy,
+                        progress=False)
+        accuracy[strategy] = summary["best"]["accuracy"]
+    # The first 16 tokens never hold the verdict; head + tail does (and the dev set is read the same way).
+    assert accuracy["truncate"] < 0.7 and accuracy["head_tail"] >= 0.9
+
+
+def test_windows_are_not_a_training_cut():
+    with pytest.raises(InputError, match="truncate, head_tail"):
+        TrainConfig(long_text="window")
+
+
 def test_seeded_runs_are_identical(tiny_model_dir, tmp_path):
     results = []
     for run in ("a", "b"):

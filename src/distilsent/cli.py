@@ -136,7 +136,8 @@ def _train_config(args: argparse.Namespace, base, **more):
         "learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
         "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
         "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
-        "weight_decay": args.weight_decay, "max_steps": args.max_steps, **more,
+        "weight_decay": args.weight_decay, "max_steps": args.max_steps, "long_text": args.long_text,
+        "head": args.head, **more,
     }
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
@@ -462,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--eval-every", type=int, default=None, metavar="STEPS")
         p.add_argument("--ema-decay", type=float, default=None, help="weight average decay, e.g. 0.999 (default: off)")
         p.add_argument("--threads", type=_positive_int, default=None)
+        p.add_argument("--long-text", choices=("truncate", "head_tail"), default=None,
+                       help="which --max-length tokens of a longer text to train on: the first (truncate, the "
+                            "default) or the first --head and the last (head_tail, for reviews)")
+        p.add_argument("--head", type=int, default=None, metavar="N",
+                       help="head_tail: tokens kept from the start (default: a quarter of --max-length)")
 
     def data_columns(p: argparse.ArgumentParser) -> None:
         p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")

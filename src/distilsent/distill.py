@@ -151,9 +151,11 @@ def teacher_digest(directory: Path) -> str:
     return files_digest(directory, TEACHER_FILES)
 
 
-def logits_key(digest: str, texts: Sequence[str], max_length: int) -> str:
-    """The cache key of a teacher's logits: its files, every text in order, and the length they were cut to."""
-    key = hashlib.sha256(f"{digest}\n{max_length}\n".encode())
+def logits_key(digest: str, texts: Sequence[str], max_length: int, long_text: str = "truncate",
+               head: int | None = None) -> str:
+    """The cache key of a teacher's logits: its files, every text in order, and how they were cut."""
+    cut = f"{max_length}" if long_text == "truncate" else f"{max_length} {long_text} {head}"
+    key = hashlib.sha256(f"{digest}\n{cut}\n".encode())
     for text in texts:
         key.update(text.encode("utf-8", "surrogatepass"))
         key.update(b"\x00")
@@ -183,9 +185,12 @@ def _load_array(path: Path, rows: int) -> np.ndarray | None:
     return array if array.ndim == 2 and len(array) == rows else None
 
 
-def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, backend: str = "onnx",
-                   threads: int | None = None, progress: bool = True, parts: Path | None = None) -> np.ndarray:
-    """The teacher's float32 logits (n, labels) of ``texts`` cut to ``max_length`` tokens, in input order.
+def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, long_text: str = "truncate",
+                   head: int | None = None, backend: str = "onnx", threads: int | None = None,
+                   progress: bool = True, parts: Path | None = None) -> np.ndarray:
+    """The teacher's float32 logits (n, labels) of ``texts`` cut to ``max_length`` tokens as the student
+    trains on them (``long_text`` "truncate" or "head_tail", see :class:`distilsent.train.TrainConfig`),
+    in input order.
 
     With ``parts`` (a directory), the logits of every :data:`TEACHER_CHUNK` texts are saved there as they
     are done and read back instead of recomputed: an interrupted teacher resumes at its last whole chunk.
@@ -193,7 +198,7 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, ba
     from .classifier import Classifier
 
     clf = Classifier.load(directory, backend=backend, threads=threads)
-    sequences = clf.encode(texts, max_length=max_length)
+    sequences = clf.windows(texts, long_text=long_text, head=head, max_length=max_length).sequences
     out = np.empty((len(sequences), clf.config.num_labels), dtype=np.float32)
     with Progress(len(sequences), desc="teacher", unit="text", enabled=progress) as bar:
         for number, start in enumerate(range(0, len(sequences), TEACHER_CHUNK)):
@@ -212,21 +217,22 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, ba
     return out
 
 
-def cached_teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, cache: Path | None = None,
-                          digest: str | None = None, backend: str = "onnx", threads: int | None = None,
+def cached_teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, long_text: str = "truncate",
+                          head: int | None = None, cache: Path | None = None, digest: str | None = None,
+                          backend: str = "onnx", threads: int | None = None,
                           progress: bool = True) -> tuple[np.ndarray, Path]:
-    """(logits, file): read back from ``cache`` when this teacher, these texts and this ``max_length`` were
-    seen before, else computed by :func:`teacher_logits` (resuming from its saved chunks) and written there."""
+    """(logits, file): read back from ``cache`` when this teacher, these texts and this cut were seen
+    before, else computed by :func:`teacher_logits` (resuming from its saved chunks) and written there."""
     cache = Path(cache) if cache is not None else default_logits_cache()
-    key = logits_key(digest or teacher_digest(directory), texts, max_length)
+    key = logits_key(digest or teacher_digest(directory), texts, max_length, long_text, head)
     path, parts = cache / f"{key}.npy", cache / f"{key}.parts"
     logits = _load_array(path, len(texts)) if path.is_file() else None
     if logits is not None:
         return logits, path
     try:
         parts.mkdir(parents=True, exist_ok=True)
-        logits = teacher_logits(directory, texts, max_length, backend=backend, threads=threads, progress=progress,
-                                parts=parts)
+        logits = teacher_logits(directory, texts, max_length, long_text=long_text, head=head, backend=backend,
+                                threads=threads, progress=progress, parts=parts)
         _save_array(logits, path)
     except OSError as e:
         raise DistilsentError(f"cannot write the teacher's logits to {cache} ({e.strerror or e}); "
@@ -329,8 +335,9 @@ def distill(
     model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
     digest = teacher_digest(teacher_dir)
     logits, logits_file = cached_teacher_logits(
-        teacher_dir, [e.text for e in train_examples], config.max_length, cache=logits_cache, digest=digest,
-        backend=options.teacher_backend, threads=config.threads, progress=progress)
+        teacher_dir, [e.text for e in train_examples], config.max_length, long_text=config.long_text,
+        head=config.head, cache=logits_cache, digest=digest, backend=options.teacher_backend,
+        threads=config.threads, progress=progress)
     if logits.shape[1] != len(labels):
         raise DistilsentError(f"{logits_file} holds {logits.shape[1]} logits per text for {len(labels)} labels")
     hidden_teacher = None

@@ -25,6 +25,9 @@ from .errors import DistilsentError, DistilsentWarning, InputError, MissingDepen
 from .progress import Progress
 
 
+TRAIN_LONG_TEXT = ("truncate", "head_tail")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     learning_rate: float = 5e-5
@@ -42,6 +45,10 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables the weight average; e.g. 0.999
     threads: int | None = None
     max_steps: int | None = None  # stop after this many optimizer steps (default: all epochs)
+    # Which max_length tokens of a longer text are trained on (and evaluated): "truncate" keeps the first,
+    # "head_tail" the first ``head`` and the last (see long_text.py), where a review's verdict often is.
+    long_text: str = "truncate"
+    head: int | None = None  # head_tail: tokens kept from the start (default: a quarter of the window)
     # LoRA (see lora.py): 0 trains every weight; R > 0 trains rank-R adapters and the head, merged on save.
     lora_rank: int = 0
     lora_alpha: float | None = None  # None: 2 * lora_rank
@@ -57,6 +64,13 @@ class TrainConfig:
             raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError(f"max_steps must be positive, got {self.max_steps}")
+        if self.long_text not in TRAIN_LONG_TEXT:
+            # A window strategy gives several sequences per text, each with the text's label: not a
+            # training set the loop's one-label-per-sequence loss should see silently.
+            raise InputError(f"long_text for training must be one of {', '.join(TRAIN_LONG_TEXT)}, "
+                             f"got {self.long_text!r}")
+        if self.head is not None and self.head < 0:
+            raise InputError(f"head must be zero or more tokens, got {self.head}")
 
 
 PRESETS = {
@@ -170,14 +184,25 @@ def _require_torch():
     return torch
 
 
-def _dev_accuracy(model, tokenizer, dev: list[Example], max_length: int) -> dict:
+def encode_examples(tokenizer, texts: Sequence[str], config: TrainConfig) -> list[list[int]]:
+    """The token ids a run trains on: ``config.max_length`` tokens of each text, chosen by ``config.long_text``."""
+    if config.long_text == "truncate":
+        return tokenizer.encode(texts, config.max_length)
+    from .classifier import UNLIMITED
+    from .long_text import plan
+
+    return plan(tokenizer.encode(texts, UNLIMITED), config.long_text, config.max_length, head=config.head).sequences
+
+
+def _dev_accuracy(model, tokenizer, dev: list[Example], config: TrainConfig) -> dict:
     from .backends import TorchBackend
     from .classifier import Classifier
     from .evaluate import evaluate
 
     was_training = model.training
     try:
-        clf = Classifier(TorchBackend(model), tokenizer, model.config, max_length=max_length, batch_size=128)
+        clf = Classifier(TorchBackend(model), tokenizer, model.config, max_length=config.max_length, batch_size=128,
+                         long_text=config.long_text, head=config.head)
         return evaluate(clf, dev)
     finally:
         model.train(was_training)
@@ -254,7 +279,7 @@ def train(
         add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
     from .lora import merged_copy, trainable_parameters
 
-    sequences = tokenizer.encode([e.text for e in train_examples], config.max_length)
+    sequences = encode_examples(tokenizer, [e.text for e in train_examples], config)
     lengths = np.array([len(s) for s in sequences])
     labels = torch.tensor([e.label for e in train_examples])
     n_labels = model.config.num_labels
@@ -316,7 +341,7 @@ def train(
                 with torch.no_grad():
                     for p, e in zip(model.parameters(), weights):
                         p.copy_(e)
-            result = _dev_accuracy(model, tokenizer, dev_examples, config.max_length)
+            result = _dev_accuracy(model, tokenizer, dev_examples, config)
             record = {"step": step, "epoch": step / steps_per_epoch, "weights": kind,
                       **{k: result[k] for k in ("accuracy", "precision", "recall", "f1", "macro_f1", "ece")}}
             history.append(record)
