@@ -9,8 +9,8 @@ import distilsent.distill as distill_module
 from distilsent.checkpoint import load_model
 from distilsent.classifier import Classifier
 from distilsent.data import Example
-from distilsent.distill import (UNLABELLED, DistillConfig, distill, distillation_loss, hard_loss, hidden_loss,
-                                read_distill_examples, soft_loss)
+from distilsent.distill import (UNLABELLED, DistillConfig, PrecomputedTeacher, distill, distillation_loss, hard_loss,
+                                hidden_loss, read_distill_examples, soft_loss, taught_loss)
 from distilsent.errors import DistilsentError, InputError
 from distilsent.train import TrainConfig, initial_model, train
 
@@ -135,6 +135,20 @@ def test_bad_settings_are_refused():
         DistillConfig(alpha_hard=-1)
 
 
+def test_rows_without_a_teacher_learn_from_their_label_with_the_same_weight():
+    student = torch.tensor([[0.3, -0.2], [1.0, 0.5], [-0.4, 0.9], [0.0, 0.1]])
+    teacher = torch.tensor([[2.0, -1.0], [float("nan"), float("nan")], [-0.5, 1.5], [float("nan"), float("nan")]])
+    labels = torch.tensor([0, 1, 1, 0])
+    by_hand = (2 * soft_loss(student[[0, 2]], teacher[[0, 2]], 2.0)  # batchmean over the 2 taught rows
+               + torch.nn.functional.cross_entropy(student[[1, 3]], labels[[1, 3]], reduction="sum")) / 4
+    assert torch.allclose(taught_loss(student, teacher, labels, 2.0), by_hand)
+    full = torch.tensor([[2.0, -1.0], [0.1, 0.2], [-0.5, 1.5], [1.0, 0.0]])
+    assert torch.equal(taught_loss(student, full, labels, 2.0), soft_loss(student, full, 2.0))
+    untaught = torch.full((4, 2), float("nan"))
+    assert torch.allclose(taught_loss(student, untaught, labels, 3.0),
+                          torch.nn.functional.cross_entropy(student, labels))
+
+
 # ----------------------------------------------------------------------------------- the logits cache
 
 
@@ -228,6 +242,35 @@ def test_distilling_unlabelled_text_moves_the_student_to_the_teacher(teacher_dir
     assert summary["objective"]["temperature"] == 2.0
     card = (tmp_path / "run" / "best" / "README.md").read_text()
     assert f"Distilled from the teacher `{teacher_dir}`" in card and "160 of 160 training texts had no label" in card
+
+
+def test_precomputed_logits_teach_as_the_teacher_itself_does(teacher_dir, vocab_file, tmp_path, cache):
+    examples = dataset(64, 0)
+    student = make_tiny_model(tmp_path / "student", vocab_file, seed=0)
+    config = TrainConfig(**{**FAST.__dict__, "epochs": 2})
+    direct = distill(teacher_dir, examples, tmp_path / "direct", student=student, config=config,
+                     logits_cache=cache, progress=False)
+    logits = np.load(direct["teacher_logits"])
+    given = PrecomputedTeacher(logits, ("NEGATIVE", "POSITIVE"), "a teacher elsewhere")
+    summary = distill(given, examples, tmp_path / "given", student=student, config=config, progress=False)
+    assert summary["teacher_logits"] is None
+    ours, _ = load_model(tmp_path / "given" / "best")
+    theirs, _ = load_model(tmp_path / "direct" / "best")
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    assert "Distilled from the teacher `a teacher elsewhere`" in (tmp_path / "given" / "best" / "README.md").read_text()
+
+    half = logits.copy()
+    half[::2] = np.nan  # every other text has no teacher: it learns from its label
+    distill(PrecomputedTeacher(half, given.labels, "half"), examples, tmp_path / "half", student=student,
+            config=config, progress=False)
+    assert "32 had no teacher and learned from their label alone" in (tmp_path / "half" / "best" / "README.md").read_text()
+    orphan = examples[:2] + [Example("no label", UNLABELLED)] + examples[3:]
+    with pytest.raises(InputError, match="training text 2 has neither a label nor teacher logits"):
+        distill(PrecomputedTeacher(half, given.labels, "half"), orphan, tmp_path / "x", student=student,
+                config=config, progress=False)
+    with pytest.raises(InputError, match=r"expected one row of 2 per training text \(64\)"):
+        distill(PrecomputedTeacher(logits[:10], given.labels, "short"), examples, tmp_path / "y", student=student,
+                config=config, progress=False)
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(teacher_dir, vocab_file, tmp_path, cache,
@@ -330,6 +373,15 @@ def test_distill_verb_and_its_errors(teacher_dir, vocab_file, tmp_path, capsys, 
     card = (tmp_path / "run" / "best" / "README.md").read_text()
     assert "temperature 3.0; loss weights: soft 0.8, hard 0.2" in card and "train.tsv" in card
 
+    np.save(tmp_path / "logits.npy", np.load(report["teacher_logits"]))  # a teacher known by its logits only
+    given = args[:2] + ["--teacher-logits", str(tmp_path / "logits.npy"), "--out", str(tmp_path / "given")] + args[6:]
+    assert main(given) == 0
+    assert json.loads(capsys.readouterr().out)["teacher_logits"] is None
+    ours, _ = load_model(tmp_path / "given" / "best")
+    theirs, _ = load_model(tmp_path / "run" / "best")
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    np.save(tmp_path / "ints.npy", np.zeros((48, 2), dtype=np.int64))
+
     three = make_tiny_model(tmp_path / "three", vocab_file, id2label={0: "a", 1: "b", 2: "c"})
     failures = {
         "the student's labels (a, b, c) differ from the teacher's (NEGATIVE, POSITIVE)":
@@ -339,6 +391,11 @@ def test_distill_verb_and_its_errors(teacher_dir, vocab_file, tmp_path, capsys, 
             ["distill", str(tmp_path / "missing.tsv"), "--teacher", str(teacher_dir), "--out", str(tmp_path / "y")],
         f"checkpoint directory {tmp_path / 'no-teacher'} does not exist":
             ["distill", str(train_file), "--teacher", str(tmp_path / "no-teacher"), "--out", str(tmp_path / "z")],
+        "ints.npy: expected a float array of (rows, labels), got int64 (48, 2)":
+            ["distill", str(train_file), "--teacher-logits", str(tmp_path / "ints.npy"), "--out", str(tmp_path / "v")],
+        "the teacher's logits are (48, 2), expected one row of 3 per training text (48)":
+            ["distill", str(train_file), "--teacher-logits", str(tmp_path / "logits.npy"), "--out", str(tmp_path / "u"),
+             "--labels", "a,b,c"],
         "the loss weights must be non-negative and not all zero":
             ["distill", str(train_file), "--teacher", str(teacher_dir), "--out", str(tmp_path / "w"),
              "--alpha-soft", "0", "--alpha-hard", "0"],

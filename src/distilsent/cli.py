@@ -167,21 +167,36 @@ def cmd_train(args: argparse.Namespace) -> None:
                       "examples_per_second": summary["examples_per_second"]}))
 
 
+def _read_logits(path: str):
+    import numpy as np
+
+    from .errors import InputError
+
+    try:
+        logits = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read the teacher's logits from {path} ({e})") from None
+    if logits.ndim != 2 or logits.dtype.kind != "f":
+        raise InputError(f"{path}: expected a float array of (rows, labels), got {logits.dtype} {logits.shape}")
+    return logits
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
     from .data import read_examples
-    from .distill import DistillConfig, distill, read_distill_examples, teacher_labels
+    from .distill import DistillConfig, PrecomputedTeacher, distill, read_distill_examples, teacher_labels
     from .train import TrainConfig
 
     config = _train_config(args, TrainConfig())
     options = DistillConfig(temperature=args.temperature, alpha_soft=args.alpha_soft, alpha_hard=args.alpha_hard,
                             alpha_cos=args.alpha_cos, teacher_backend=args.teacher_backend)
-    labels = teacher_labels(args.teacher)
+    labels = teacher_labels(args.teacher) if args.teacher else args.labels
     columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": labels,
                "fmt": args.format}
     train_examples = read_distill_examples(args.train_file, **columns)
+    teacher = args.teacher or PrecomputedTeacher(_read_logits(args.teacher_logits), labels, args.teacher_logits)
     dev_examples = read_examples(args.dev, **columns) if args.dev else None
     files = [args.train_file] + ([args.dev] if args.dev else [])
-    summary = distill(args.teacher, train_examples, args.out, student=args.student, dev_examples=dev_examples,
+    summary = distill(teacher, train_examples, args.out, student=args.student, dev_examples=dev_examples,
                       config=config, options=options, logits_cache=args.teacher_cache, data_files=files,
                       progress=not args.quiet)
     print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"), "steps": summary["steps"],
@@ -377,6 +392,7 @@ EXAMPLES = {
     "distill": """examples:
   distilsent distill train.tsv --teacher runs/big/best --out runs/student --dev dev.tsv --temperature 2
   distilsent distill reviews.txt --teacher runs/big/best --out runs/unlabelled --student runs/student/best
+  distilsent distill train.tsv --teacher-logits mpnet-logits.npy --out runs/from-mpnet
   distilsent distill train.tsv --teacher runs/wide/best --student ./distilbert-6 --out runs/cos --alpha-cos 1""",
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
@@ -496,7 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("distill", "train a student on a teacher's softened predictions mixed with the labels; a file "
                         "without a label column (or .txt) learns from the teacher alone")
     p.add_argument("train_file", metavar="TRAIN_FILE", help="CSV/TSV/JSONL/Parquet, labelled or texts only; .txt: a text per line")
-    p.add_argument("--teacher", required=True, metavar="DIR", help="any distilsent checkpoint; its labels are learned")
+    teacher = p.add_mutually_exclusive_group(required=True)
+    teacher.add_argument("--teacher", metavar="DIR", help="any distilsent checkpoint; its labels are learned")
+    teacher.add_argument("--teacher-logits", metavar="FILE.npy",
+                         help="a teacher distilsent cannot load, given by its logits: float32 (rows, labels), row i "
+                              "for row i of TRAIN_FILE (a row of NaN: no teacher, the label alone); label names from "
+                              "--labels")
+    p.add_argument("--labels", type=_labels, default=LABELS,
+                   help=f"with --teacher-logits: label names in id order (default: {','.join(LABELS)})")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: best/, resume.pt, metrics.json")
     p.add_argument("--student", default=None, metavar="DIR",
                    help="checkpoint to start from, with the teacher's labels or a bare encoder "

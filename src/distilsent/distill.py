@@ -98,12 +98,30 @@ def hidden_loss(student_hidden, teacher_hidden, mask):
     return (1.0 - F.cosine_similarity(student_hidden[real], teacher_hidden[real], dim=-1)).mean()
 
 
+def taught_loss(student_logits, teacher_logits, labels, temperature: float):
+    """:func:`soft_loss` where a row has teacher logits; a row of NaN (no teacher for that text, see
+    :class:`PrecomputedTeacher`) takes the cross-entropy to its label instead. Averaged over the whole batch,
+    so every row weighs the same whether the teacher saw it or not."""
+    import torch
+    import torch.nn.functional as F
+
+    taught = torch.isfinite(teacher_logits).all(dim=-1)  # (B,)
+    if bool(taught.all()):
+        return soft_loss(student_logits, teacher_logits, temperature)
+    rows = len(student_logits)
+    loss = F.cross_entropy(student_logits[~taught], labels[~taught], reduction="sum") / rows
+    if bool(taught.any()):
+        loss = loss + soft_loss(student_logits[taught], teacher_logits[taught], temperature) * (taught.sum() / rows)
+    return loss
+
+
 def distillation_loss(student_logits, teacher_logits, labels, options: DistillConfig, *,
                       student_hidden=None, teacher_hidden=None, mask=None):
-    """The weighted sum of :func:`soft_loss`, :func:`hard_loss` and (with hidden states) :func:`hidden_loss`."""
+    """The weighted sum of :func:`soft_loss` (:func:`taught_loss` for rows without a teacher),
+    :func:`hard_loss` and (with hidden states) :func:`hidden_loss`."""
     loss = student_logits.new_zeros(())
     if options.alpha_soft:
-        loss = loss + options.alpha_soft * soft_loss(student_logits, teacher_logits, options.temperature)
+        loss = loss + options.alpha_soft * taught_loss(student_logits, teacher_logits, labels, options.temperature)
     if options.alpha_hard:
         loss = loss + options.alpha_hard * hard_loss(student_logits, labels)
     if options.alpha_cos:
@@ -304,8 +322,36 @@ def _hidden_state_teacher(directory: Path, tokenizer, student_dim: int, texts: S
     return teacher
 
 
+@dataclass(frozen=True)
+class PrecomputedTeacher:
+    """A teacher given by its logits, for a model distilsent cannot load (another architecture, such as the
+    MPNet that scripts/build_default_model.py fine-tunes with ``transformers``), computed on the same texts.
+
+    ``logits`` is (n, labels) float32, row i for training example i; a row of NaN means that text has no
+    teacher and learns from its label alone. ``name`` is how the model card names the teacher.
+    """
+
+    logits: np.ndarray
+    labels: tuple[str, ...]
+    name: str
+
+
+def _precomputed_logits(teacher: PrecomputedTeacher, train_examples: list[Example], options: DistillConfig):
+    logits = np.asarray(teacher.logits, dtype=np.float32)
+    if logits.shape != (len(train_examples), len(teacher.labels)):
+        raise InputError(f"the teacher's logits are {logits.shape}, expected one row of {len(teacher.labels)} per "
+                         f"training text ({len(train_examples)})")
+    untaught = ~np.isfinite(logits).all(axis=1)
+    orphans = [i for i in np.flatnonzero(untaught) if train_examples[i].label == UNLABELLED]
+    if orphans:
+        raise InputError(f"training text {orphans[0]} has neither a label nor teacher logits")
+    if options.alpha_cos:
+        raise InputError("the hidden-state loss needs a teacher checkpoint, not precomputed logits (set alpha_cos to 0)")
+    return logits, hashlib.sha256(logits.tobytes()).hexdigest()
+
+
 def distill(
-    teacher: str | os.PathLike,
+    teacher: str | os.PathLike | PrecomputedTeacher,
     train_examples: list[Example],
     out_dir: str | os.PathLike,
     *,
@@ -317,33 +363,41 @@ def distill(
     data_files: Sequence[str | os.PathLike] = (),
     progress: bool = True,
 ) -> dict:
-    """Distil ``teacher`` (any distilsent checkpoint) into ``student`` (default: all-MiniLM-L6-v2, as in
-    ``train``) on ``train_examples`` (``UNLABELLED`` ones learn from the teacher only).
+    """Distil ``teacher`` (any distilsent checkpoint, or a :class:`PrecomputedTeacher`) into ``student``
+    (default: all-MiniLM-L6-v2, as in ``train``) on ``train_examples`` (``UNLABELLED`` ones learn from the
+    teacher only).
 
     Runs :func:`distilsent.train.train` with the distillation loss: ``OUT/best``, ``metrics.json``,
     resume after an interruption and the model card are the same as there. Returns its summary, plus
-    ``teacher_logits`` (the cache file).
+    ``teacher_logits`` (the cache file; ``None`` for a precomputed teacher).
     """
-    from .checkpoint import resolve
     from .modelcard import model_card
 
-    teacher_dir = resolve(teacher)
-    labels = teacher_labels(teacher_dir)
     if not train_examples:
         raise InputError("no training examples")
-    _check_student(student, labels)
-    model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
-    digest = teacher_digest(teacher_dir)
-    logits, logits_file = cached_teacher_logits(
-        teacher_dir, [e.text for e in train_examples], config.max_length, long_text=config.long_text,
-        head=config.head, cache=logits_cache, digest=digest, backend=options.teacher_backend,
-        threads=config.threads, progress=progress)
-    if logits.shape[1] != len(labels):
-        raise DistilsentError(f"{logits_file} holds {logits.shape[1]} logits per text for {len(labels)} labels")
-    hidden_teacher = None
-    if options.alpha_cos:
-        hidden_teacher = _hidden_state_teacher(teacher_dir, tokenizer, model.config.dim,
-                                               [e.text for e in train_examples], config.max_length)
+    hidden_teacher, logits_file = None, None
+    if isinstance(teacher, PrecomputedTeacher):
+        labels, teacher_name = tuple(teacher.labels), teacher.name
+        logits, digest = _precomputed_logits(teacher, train_examples, options)
+        _check_student(student, labels)
+        model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
+    else:
+        from .checkpoint import resolve
+
+        teacher_dir, teacher_name = resolve(teacher), str(teacher)
+        labels = teacher_labels(teacher_dir)
+        _check_student(student, labels)
+        model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
+        digest = teacher_digest(teacher_dir)
+        logits, logits_file = cached_teacher_logits(
+            teacher_dir, [e.text for e in train_examples], config.max_length, long_text=config.long_text,
+            head=config.head, cache=logits_cache, digest=digest, backend=options.teacher_backend,
+            threads=config.threads, progress=progress)
+        if logits.shape[1] != len(labels):
+            raise DistilsentError(f"{logits_file} holds {logits.shape[1]} logits per text for {len(labels)} labels")
+        if options.alpha_cos:
+            hidden_teacher = _hidden_state_teacher(teacher_dir, tokenizer, model.config.dim,
+                                                   [e.text for e in train_examples], config.max_length)
     # What a resumed or repeated run must share: the loss and the teacher's files (not where they lie, nor
     # which backend computed the logits, which agree to float rounding).
     settings = {**{k: v for k, v in dataclasses.asdict(options).items() if k != "teacher_backend"},
@@ -351,10 +405,12 @@ def distill(
     objective = Distillation(logits, [e.label for e in train_examples], options, settings, hidden_teacher)
 
     unlabelled = sum(e.label == UNLABELLED for e in train_examples)
-    extra = (f"Distilled from the teacher `{teacher}` (temperature {options.temperature}; loss weights: soft "
+    untaught = int((~np.isfinite(logits).all(axis=1)).sum())
+    extra = (f"Distilled from the teacher `{teacher_name}` (temperature {options.temperature}; loss weights: soft "
              f"{options.alpha_soft}, hard {options.alpha_hard}, hidden-state cosine {options.alpha_cos}); "
              f"{unlabelled} of {len(train_examples)} training texts had no label and learned from the teacher "
-             f"alone. Student started from `{student or 'all-MiniLM-L6-v2'}`.")
+             f"alone" + (f", {untaught} had no teacher and learned from their label alone" if untaught else "") +
+             f". Student started from `{student or 'all-MiniLM-L6-v2'}`.")
     files = [f for f in data_files if str(f) != "-"]
 
     def card(model_config, metrics):
@@ -364,4 +420,4 @@ def distill(
 
     summary = train(model, tokenizer, train_examples, dev_examples, config, out_dir, card=card, progress=progress,
                     objective=objective)
-    return {**summary, "teacher_logits": str(logits_file)}
+    return {**summary, "teacher_logits": str(logits_file) if logits_file else None}
