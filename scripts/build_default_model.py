@@ -1,6 +1,6 @@
 """Build the embedded default model end to end; every stage resumes where an interruption left it.
 
-    pip install torch==2.13.0 -e '.[train,build]'
+    pip install torch==2.13.0 -e '.[train,build,teacher,calibrate]'
     python scripts/build_default_model.py                 # all stages; run it again after an interruption
     python scripts/build_default_model.py --until plain   # stop after one stage
 
@@ -10,6 +10,13 @@ Stages (each writes WORK/<stage>/ and its wall time into WORK/stages.json; a fin
           choose anything: it is the reported benchmark)
   plain   the student (all-MiniLM-L6-v2, converted) fine-tuned on SST-2 train + IMDb reviews with the labels
           alone: the baseline that distillation is measured against
+  teacher all-mpnet-base-v2 (110M, from its PyPI parts; the `teacher` extra) fine-tuned on the SST-2 sentences
+          with the same loop (scripts/mpnet_teacher.py); about 6x the student's cost per token, so reviews
+          are left out of it
+  logits  the teacher's logits on the student's training texts (NaN for the reviews: they learn from their
+          labels), saved in chunks so an interruption loses one chunk at most
+  student the student distilled from those logits with the plain run's recipe, so the two differ only in
+          the teacher
 
 Reviews are trained on as head+tail 256-token cuts (the first 64 and the last 190 tokens), which costs half
 of 512-token training on these CPUs; evaluation reads them whole with the command line's long-text strategy.
@@ -20,13 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-STAGES = ("split", "plain")
+STAGES = ("split", "plain", "teacher", "logits", "student")
+LABELS = ("NEGATIVE", "POSITIVE")
 
 # Validation splits: (fraction, seed). The IMDb report split is the one the long-text benchmarks use
 # (benchmarks/long_text.py); checkpoints and the temperature are chosen on the selection splits.
@@ -46,11 +55,26 @@ def student_recipe():
     )
 
 
+def teacher_recipe():
+    from distilsent.train import TrainConfig
+
+    # The usual base-size fine-tune (lr 2e-5, 10% warm-up), one epoch of SST-2: its sentences fit in 128
+    # tokens. No checkpoint selection: the last weights teach.
+    return TrainConfig(learning_rate=2e-5, batch_size=32, warmup_steps=200, epochs=1, max_length=128,
+                       eval_every=0, save_every=50, seed=42, threads=2)
+
+
+def distill_options():
+    from distilsent.distill import DistillConfig
+
+    return DistillConfig(temperature=2.0, alpha_soft=0.5, alpha_hard=0.5)
+
+
 class Build:
     """The stages' shared state: the work directory, its stage log, and the data splits."""
 
-    def __init__(self, work: Path, data: Path):
-        self.work, self.data = work, data
+    def __init__(self, work: Path, data: Path, sample: int | None = None):
+        self.work, self.data, self.sample = work, data, sample
         self.log_path = work / "stages.json"
         self.log = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
 
@@ -71,7 +95,8 @@ class Build:
         self.log_path.write_text(json.dumps(self.log, indent=2) + "\n")
 
     def splits(self) -> dict:
-        """{"train", "select", "imdb_report", "sst2_select", "imdb_select"}: lists of Examples."""
+        """{"train", "select", "imdb_report", "sst2_train", "sst2_select", "imdb_select"}: lists of Examples;
+        "train" is SST-2's training sentences followed by IMDb's training reviews."""
         from distilsent.data import read_examples, split_examples
 
         sst2 = read_examples(self.data / "sst2" / "train.tsv")
@@ -79,8 +104,12 @@ class Build:
         imdb_rest, imdb_report = split_examples(imdb, *IMDB_REPORT)
         imdb_train, imdb_select = split_examples(imdb_rest, IMDB_SELECT[0] / len(imdb_rest), IMDB_SELECT[1])
         sst2_train, sst2_select = split_examples(sst2, SST2_SELECT[0] / len(sst2), SST2_SELECT[1])
+        if self.sample:  # a trial of the whole pipeline in minutes: the first N of every part
+            n = self.sample
+            sst2_train, sst2_select, imdb_train, imdb_select, imdb_report = (
+                part[:n] for part in (sst2_train, sst2_select, imdb_train, imdb_select, imdb_report))
         return {"train": sst2_train + imdb_train, "select": sst2_select + imdb_select, "imdb_report": imdb_report,
-                "sst2_select": sst2_select, "imdb_select": imdb_select}
+                "sst2_train": sst2_train, "sst2_select": sst2_select, "imdb_select": imdb_select}
 
 
 def stage_split(build: Build) -> dict:
@@ -113,7 +142,69 @@ def stage_plain(build: Build) -> dict:
     return {"best": summary["best"], "steps": summary["steps"]}
 
 
-RUNNERS = {"split": stage_split, "plain": stage_plain}
+def _teacher_module():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import mpnet_teacher
+    except ImportError as e:
+        raise SystemExit(f"the teacher needs transformers ({e}): pip install -e '.[teacher]'") from None
+    return mpnet_teacher
+
+
+def stage_teacher(build: Build) -> dict:
+    from distilsent.evaluate import evaluate
+    from distilsent.data import read_examples
+    from distilsent.train import train
+
+    mt = _teacher_module()
+    config = teacher_recipe()
+    parts = build.splits()
+    base = mt.unpack(build.work / "mpnet-base")
+    model, tokenizer = mt.initial(base, LABELS, config.seed), mt.tokenizer(base)
+    summary = train(model, tokenizer, parts["sst2_train"], None, config, build.work / "teacher")
+    clf = mt.classifier(build.work / "teacher" / "best", config.max_length, config.threads)
+    dev = read_examples(build.data / "sst2" / "dev.tsv")
+    return {"steps": summary["steps"], "sst2_select": _brief(evaluate(clf, parts["sst2_select"])),
+            "sst2_dev": _brief(evaluate(clf, dev))}
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("accuracy", "f1", "ece")}
+
+
+def stage_logits(build: Build) -> dict:
+    import numpy as np
+
+    mt = _teacher_module()
+    config, student = teacher_recipe(), student_recipe()
+    parts = build.splits()
+    train_texts = [e.text for e in parts["train"]]
+    sentences = len(parts["sst2_train"])  # the training list is the sentences, then the reviews
+    out = np.full((len(train_texts), len(LABELS)), np.nan, dtype=np.float32)
+    out[:sentences] = mt.logits(build.work / "teacher" / "best", train_texts[:sentences], student.max_length,
+                                long_text=student.long_text, head=student.head, parts=build.work / "logits.parts",
+                                threads=config.threads)
+    np.save(build.work / "teacher-logits.npy", out)
+    shutil.rmtree(build.work / "logits.parts")  # the whole file now holds them
+    agreement = float((out[:sentences].argmax(1) == [e.label for e in parts["sst2_train"]]).mean())
+    return {"rows": len(out), "taught": sentences, "teacher_train_accuracy": agreement}
+
+
+def stage_student(build: Build) -> dict:
+    import numpy as np
+
+    from distilsent.distill import PrecomputedTeacher, distill
+
+    parts = build.splits()
+    logits = np.load(build.work / "teacher-logits.npy")
+    teacher = PrecomputedTeacher(logits, LABELS, "all-mpnet-base-v2 fine-tuned on SST-2 (build stage `teacher`)")
+    summary = distill(teacher, parts["train"], build.work / "student", dev_examples=parts["select"],
+                      config=student_recipe(), options=distill_options())
+    return {"best": summary["best"], "steps": summary["steps"]}
+
+
+RUNNERS = {"split": stage_split, "plain": stage_plain, "teacher": stage_teacher, "logits": stage_logits,
+           "student": stage_student}
 
 
 def main() -> int:
@@ -122,9 +213,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "default-model",
                         help="intermediate runs and the stage log, outside the repository (default: %(default)s)")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="last stage to run")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="try the pipeline on the first N texts of every split (use another --work)")
     args = parser.parse_args()
 
-    build = Build(args.work, args.data)
+    build = Build(args.work, args.data, args.sample)
     for stage in STAGES[: STAGES.index(args.until) + 1]:
         if build.done(stage):
             print(f"{stage}: done ({build.log[stage]['seconds']:.0f} s)", flush=True)

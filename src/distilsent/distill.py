@@ -217,7 +217,16 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, lo
 
     clf = Classifier.load(directory, backend=backend, threads=threads)
     sequences = clf.windows(texts, long_text=long_text, head=head, max_length=max_length).sequences
-    out = np.empty((len(sequences), clf.config.num_labels), dtype=np.float32)
+    return chunked_logits(sequences, clf.run_batch, clf.config.num_labels, plan=clf.plan, parts=parts,
+                          progress=progress)
+
+
+def chunked_logits(sequences: Sequence[Sequence[int]], run_batch, num_labels: int, *, plan,
+                   parts: Path | None = None, progress: bool = True) -> np.ndarray:
+    """float32 (n, num_labels) logits of token id lists, ``run_batch(sequences) -> (B, labels)`` on the
+    batches ``plan(lengths)`` cuts; with ``parts``, every :data:`TEACHER_CHUNK` sequences' logits are saved
+    there and read back instead of recomputed. Any model can teach through this (see PrecomputedTeacher)."""
+    out = np.empty((len(sequences), num_labels), dtype=np.float32)
     with Progress(len(sequences), desc="teacher", unit="text", enabled=progress) as bar:
         for number, start in enumerate(range(0, len(sequences), TEACHER_CHUNK)):
             chunk = sequences[start : start + TEACHER_CHUNK]
@@ -227,8 +236,8 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, lo
                 out[start : start + len(chunk)] = saved
                 bar.update(len(chunk))
                 continue
-            for batch in clf.plan([len(s) for s in chunk]):
-                out[start + np.asarray(batch)] = clf.run_batch([chunk[i] for i in batch])
+            for batch in plan([len(s) for s in chunk]):
+                out[start + np.asarray(batch)] = run_batch([chunk[i] for i in batch])
                 bar.update(len(batch))
             if part is not None:
                 _save_array(out[start : start + len(chunk)], part)

@@ -32,16 +32,19 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 class Tokenizer:
-    """Turns texts into ``[CLS] wordpieces [SEP]`` id lists and pads batches of them."""
+    """Turns texts into ``[CLS] wordpieces [SEP]`` id lists and pads batches of them.
 
-    def __init__(self, backend, max_length: int = DEFAULT_MAX_LENGTH):
+    ``specials`` names the start, end and padding tokens of the vocabulary (a RoBERTa-style one such as
+    MPNet's has ``("<s>", "</s>", "<pad>")``).
+    """
+
+    def __init__(self, backend, max_length: int = DEFAULT_MAX_LENGTH,
+                 specials: tuple[str, str, str] = ("[CLS]", "[SEP]", "[PAD]")):
         backend.no_truncation()
         backend.no_padding()
         self._backend = backend
         self.max_length = max_length
-        self.cls_id = self._special_id("[CLS]")
-        self.sep_id = self._special_id("[SEP]")
-        self.pad_id = self._special_id("[PAD]")
+        self.cls_id, self.sep_id, self.pad_id = (self._special_id(token) for token in specials)
 
     def _special_id(self, token: str) -> int:
         token_id = self._backend.token_to_id(token)
