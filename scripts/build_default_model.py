@@ -17,6 +17,10 @@ Stages (each writes WORK/<stage>/ and its wall time into WORK/stages.json; a fin
           labels), saved in chunks so an interruption loses one chunk at most
   student the student distilled from those logits with the plain run's recipe, so the two differ only in
           the teacher
+  ship    the better of plain and student on the selection split, stored in float16, calibrated (T fitted on
+          the selection split read as the command line reads), measured on SST-2 dev, the IMDb report split
+          and reviews/*.csv, bias-probed, with its card (recipe, teacher, data SHA-256s, each stage's wall
+          time), written to --out
 
 Reviews are trained on as head+tail 256-token cuts (the first 64 and the last 190 tokens), which costs half
 of 512-token training on these CPUs; evaluation reads them whole with the command line's long-text strategy.
@@ -34,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-STAGES = ("split", "plain", "teacher", "logits", "student")
+STAGES = ("split", "plain", "teacher", "logits", "student", "ship")
 LABELS = ("NEGATIVE", "POSITIVE")
 
 # Validation splits: (fraction, seed). The IMDb report split is the one the long-text benchmarks use
@@ -203,8 +207,74 @@ def stage_student(build: Build) -> dict:
     return {"best": summary["best"], "steps": summary["steps"]}
 
 
+def stage_ship(build: Build) -> dict:
+    import torch
+
+    from distilsent import Classifier
+    from distilsent.calibration import card_section, fit, with_section, write_calibrated
+    from distilsent.checkpoint import load_config, load_model, save_model
+    from distilsent.cli import DEFAULT_LONG_TEXT
+    from distilsent.data import read_examples
+    from distilsent.evaluate import evaluate
+    from distilsent.modelcard import default_model_card
+    from distilsent.probe import BUILTIN, builtin_probe, run_probe, summary_markdown, update_card
+
+    parts = build.splits()
+    runs = {name: build.log[name]["best"] for name in ("plain", "student")}
+    chosen = max(runs, key=lambda name: runs[name]["accuracy"])  # on the selection split, never SST-2 dev
+    staging = build.work / "ship"
+    shutil.rmtree(staging, ignore_errors=True)
+    model, tokenizer = load_model(build.work / chosen / "best")
+    save_model(model, tokenizer, staging, dtype=torch.float16)
+    select_name = "the selection split (2,000 SST-2 train sentences + 1,000 IMDb train reviews, seed 10)"
+    fitted = fit(Classifier.load(staging, long_text=DEFAULT_LONG_TEXT), parts["select"], select_name)
+    write_calibrated(staging, staging, fitted.temperature, "")
+
+    sets = {"SST-2 dev": read_examples(build.data / "sst2" / "dev.tsv"),
+            f"IMDb validation ({len(parts['imdb_report']):,} reviews)": parts["imdb_report"],
+            **{f"reviews/{p.name}": read_examples(p) for p in sorted((build.data / "reviews").glob("*.csv"))}}
+    clf = Classifier.load(staging, long_text=DEFAULT_LONG_TEXT)
+    shipped = {name: evaluate(clf, examples) for name, examples in sets.items()}
+    other = "student" if chosen == "plain" else "plain"
+    other_clf = Classifier.load(build.work / other / "best", long_text=DEFAULT_LONG_TEXT)
+    compared = {name: evaluate(other_clf, sets[name])["accuracy"] for name in list(sets)[:2]}
+
+    split = build.log["split"]
+    rows = "".join(f"| {name} | {m['accuracy']:.4f} | {m['f1']:.4f} | {m['ece']:.4f} | {len(sets[name])} |\n"
+                   for name, m in shipped.items())
+    seconds = {stage: build.log[stage]["seconds"] for stage in STAGES[:-1]}
+    teacher = build.log["teacher"]
+    text = (
+        "## How it was made\n\n"
+        f"The `{chosen}` run of `scripts/build_default_model.py` (the better of the plain and the distilled "
+        f"student on the selection split: plain {runs['plain']['accuracy']:.4f}, distilled "
+        f"{runs['student']['accuracy']:.4f}). Both runs start from all-MiniLM-L6-v2 and train one pass over "
+        f"{split['rows']['train']:,} texts: SST-2 train sentences and IMDb train reviews (reviews cut to their "
+        "first 64 and last 190 tokens), with the recipe above; the distilled run adds the soft targets of the "
+        "teacher, all-mpnet-base-v2 (110M) fine-tuned on the SST-2 sentences (SST-2 dev "
+        f"{teacher['sst2_dev']['accuracy']:.4f}, selection sentences {teacher['sst2_select']['accuracy']:.4f}), "
+        f"at temperature {distill_options().temperature} with weights soft {distill_options().alpha_soft} / "
+        f"hard {distill_options().alpha_hard}; reviews have no teacher and learn from their labels. "
+        "Checkpoints and the temperature were chosen on the selection split; SST-2 dev was only measured.\n\n"
+        "Validation data, carved out of the training files: " + "; ".join(split["how"].values()) + ".\n\n"
+        f"| data (read with `long_text=\"{DEFAULT_LONG_TEXT}\"`) | accuracy | F1 | ECE | texts |\n|---|---|---|---|---|\n"
+        + rows + "\n"
+        f"The other run (`{other}`), uncalibrated: " + ", ".join(f"{n} {a:.4f}" for n, a in compared.items())
+        + ".\n\nWall time of each stage on 2 CPU cores: "
+        + ", ".join(f"{stage} {s / 60:.0f} min" for stage, s in seconds.items()) + ".\n"
+    )
+    files = [build.data / "sst2" / "train.tsv", build.data / "imdb" / "train.csv", build.data / "sst2" / "dev.tsv"]
+    card = default_model_card(load_config(staging), student_recipe(), shipped["SST-2 dev"], files, text)
+    (staging / "README.md").write_text(with_section(card, card_section(fitted)), encoding="utf-8")
+    summaries = [run_probe(clf, builtin_probe(name)).summary() for name in BUILTIN]
+    update_card(staging, summary_markdown(summaries))
+    return {"chosen": chosen, "temperature": fitted.temperature,
+            "calibration": {"before": fitted.before, "after": fitted.after},
+            "shipped": {name: _brief(m) for name, m in shipped.items()}, "other": compared}
+
+
 RUNNERS = {"split": stage_split, "plain": stage_plain, "teacher": stage_teacher, "logits": stage_logits,
-           "student": stage_student}
+           "student": stage_student, "ship": stage_ship}
 
 
 def main() -> int:
@@ -213,6 +283,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT.parent / "runs" / "default-model",
                         help="intermediate runs and the stage log, outside the repository (default: %(default)s)")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="last stage to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "src" / "distilsent" / "default_model",
+                        help="where the shipped model is written (default: %(default)s)")
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="try the pipeline on the first N texts of every split (use another --work)")
     args = parser.parse_args()
@@ -231,6 +303,10 @@ def main() -> int:
             raise
         build.record(stage, time.perf_counter() - started, **facts)
         print(f"{stage}: done ({build.log[stage]['seconds']:.0f} s)", flush=True)
+    if args.until == "ship":
+        shutil.rmtree(args.out, ignore_errors=True)
+        shutil.copytree(args.work / "ship", args.out)
+        print(f"shipped: {args.out}", flush=True)
     return 0
 
 
