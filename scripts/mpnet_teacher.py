@@ -92,13 +92,9 @@ class TeacherTokenizer(Tokenizer):
 
 
 def tokenizer(directory: Path, max_length: int = 512) -> TeacherTokenizer:
-    return TeacherTokenizer(_backend(directory), max_length, specials=SPECIALS)
-
-
-def _backend(directory: Path):
     from tokenizers import Tokenizer as Backend
 
-    return Backend.from_file(str(directory / "tokenizer.json"))
+    return TeacherTokenizer(Backend.from_file(str(directory / "tokenizer.json")), max_length, specials=SPECIALS)
 
 
 def initial(directory: Path, labels: tuple[str, ...], seed: int) -> Teacher:

@@ -27,14 +27,13 @@ from .config import DistilBertConfig
 from .errors import CheckpointError, InputError
 from .long_text import WindowPlan, check_strategy
 from .long_text import aggregate as aggregate_windows
-from .long_text import plan as plan_windows
+from .long_text import read as read_windows
 from .tokenizer import Tokenizer
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 STYLES = ("hf", "tei")
 _LEGACY = object()  # top_k not given: the pipeline's original one-best shape
 NEUTRAL = "NEUTRAL"  # the label of a binary prediction less sure than neutral_below
-UNLIMITED = 2**31 - 1  # "no length limit" for the tokenizer, when long_text plans the windows
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -170,15 +169,9 @@ class Classifier:
         """The sequences to run for ``texts`` under a ``long_text`` strategy (default: the classifier's):
         one per text for ``"truncate"`` (:meth:`encode`, so ``truncation=False`` still refuses long texts)
         and ``"head_tail"``, one per window of ``max_length`` tokens every ``stride`` for ``"window"``."""
-        strategy = long_text or self.long_text
-        check_strategy(strategy)
-        if strategy == "truncate":
-            return WindowPlan.one_each(self.encode(texts, truncation=truncation, max_length=max_length))
         limit = min(max_length or self.max_length, self.config.max_position_embeddings)
-        return plan_windows(
-            self.tokenizer.encode(texts, UNLIMITED), strategy, limit,
-            stride=stride or self.stride, head=head if head is not None else self.head,
-        )
+        return read_windows(self.tokenizer, texts, long_text or self.long_text, limit, stride=stride or self.stride,
+                            head=head if head is not None else self.head, truncation=truncation)
 
     def plan(
         self, lengths: Sequence[int], *, batch_size: int | None = None, max_batch_tokens: int | None = None

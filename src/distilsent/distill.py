@@ -385,18 +385,18 @@ def distill(
     if not train_examples:
         raise InputError("no training examples")
     hidden_teacher, logits_file = None, None
-    if isinstance(teacher, PrecomputedTeacher):
+    precomputed = isinstance(teacher, PrecomputedTeacher)
+    if precomputed:
         labels, teacher_name = tuple(teacher.labels), teacher.name
         logits, digest = _precomputed_logits(teacher, train_examples, options)
-        _check_student(student, labels)
-        model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
     else:
         from .checkpoint import resolve
 
         teacher_dir, teacher_name = resolve(teacher), str(teacher)
         labels = teacher_labels(teacher_dir)
-        _check_student(student, labels)
-        model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
+    _check_student(student, labels)
+    model, tokenizer = initial_model(None if student is None else str(student), labels, config.seed)
+    if not precomputed:
         digest = teacher_digest(teacher_dir)
         logits, logits_file = cached_teacher_logits(
             teacher_dir, [e.text for e in train_examples], config.max_length, long_text=config.long_text,

@@ -27,6 +27,7 @@ from .errors import InputError
 
 STRATEGIES = ("truncate", "head_tail", "window")
 AGGREGATIONS = ("mean", "max")
+UNLIMITED = 2**31 - 1  # "no length limit" for the tokenizer, when the whole text must be planned
 
 
 def check_strategy(strategy: str, aggregate: str = "mean") -> None:
@@ -124,6 +125,16 @@ def plan(
         owner.extend([i] * len(offsets))
         starts.extend(offsets)
     return WindowPlan(out, np.asarray(owner, dtype=np.int64), np.asarray(starts, dtype=np.int64))
+
+
+def read(tokenizer, texts: Sequence[str], strategy: str, max_length: int, *, stride: int | None = None,
+         head: int | None = None, truncation: bool = True) -> WindowPlan:
+    """Tokenize ``texts`` and :func:`plan` them: ``"truncate"`` reads a bounded prefix of each text (and with
+    ``truncation=False`` refuses a longer one), the other strategies need every token of it."""
+    check_strategy(strategy)
+    if strategy == "truncate":
+        return WindowPlan.one_each(tokenizer.encode(texts, max_length, truncation))
+    return plan(tokenizer.encode(texts, UNLIMITED), strategy, max_length, stride=stride, head=head)
 
 
 def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: str = "mean") -> np.ndarray:

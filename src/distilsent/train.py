@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import Example
 from .errors import DistilsentError, DistilsentWarning, InputError, MissingDependencyError
+from .long_text import read as read_windows
 from .progress import Progress
 
 
@@ -184,16 +185,6 @@ def _require_torch():
     return torch
 
 
-def encode_examples(tokenizer, texts: Sequence[str], config: TrainConfig) -> list[list[int]]:
-    """The token ids a run trains on: ``config.max_length`` tokens of each text, chosen by ``config.long_text``."""
-    if config.long_text == "truncate":
-        return tokenizer.encode(texts, config.max_length)
-    from .classifier import UNLIMITED
-    from .long_text import plan
-
-    return plan(tokenizer.encode(texts, UNLIMITED), config.long_text, config.max_length, head=config.head).sequences
-
-
 def _dev_accuracy(model, tokenizer, dev: list[Example], config: TrainConfig) -> dict:
     from .backends import TorchBackend
     from .classifier import Classifier
@@ -279,7 +270,9 @@ def train(
         add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets)
     from .lora import merged_copy, trainable_parameters
 
-    sequences = encode_examples(tokenizer, [e.text for e in train_examples], config)
+    # The max_length tokens of each text that config.long_text keeps (the dev set is read alike, above).
+    sequences = read_windows(tokenizer, [e.text for e in train_examples], config.long_text, config.max_length,
+                             head=config.head).sequences
     lengths = np.array([len(s) for s in sequences])
     labels = torch.tensor([e.label for e in train_examples])
     n_labels = model.config.num_labels
