@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from distilsent.evaluate import calibration_bins, format_table, metrics, plot
+from distilsent.evaluate import calibration_bins, ece_floor, format_table, metrics, plot
 
 NAMES = ["NEGATIVE", "POSITIVE"]
 
@@ -41,6 +41,24 @@ def test_expected_calibration_error():
     assert metrics(labels, probs([1.0] * 10), NAMES)["ece"] == pytest.approx(0.5)
     bins = calibration_bins(np.array([0.55, 0.99]), np.array([True, False]))
     assert len(bins) == 15 and sum(b["count"] for b in bins) == 2
+
+
+def test_ece_floor_is_what_calibrated_scores_measure_on_that_many_texts():
+    rng = np.random.default_rng(1)
+    confidence = rng.uniform(0.5, 1.0, 872)
+    # Labels drawn so that every score is exactly right: their ECE is sampling noise, around the floor.
+    measured = []
+    for _ in range(40):
+        right = rng.random(872) < confidence
+        labels = np.where(right, 1, 0)
+        measured.append(metrics(labels, probs(confidence), NAMES)["ece"])
+    floor = ece_floor(confidence)
+    assert 0.01 < floor < 0.04
+    assert np.mean(measured) == pytest.approx(floor, rel=0.15)
+    # More texts, less noise; certain and right, no noise at all.
+    assert ece_floor(np.tile(confidence, 20)) < floor / 3
+    assert ece_floor(np.ones(50)) == 0.0
+    assert metrics(np.array([1, 0]), probs([0.8, 0.3]), NAMES)["ece_floor"] == ece_floor(np.array([0.8, 0.7]))
 
 
 def test_accuracy_by_length():

@@ -42,6 +42,34 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = EC
     return out
 
 
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each confidence, bins ``(low, high]`` as in :func:`calibration_bins` (0 falls in the first)."""
+    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
+    """The ECE that a perfectly calibrated model with these confidences scores on this many texts, on average.
+
+    ECE is measured on a finite sample, so it is not 0 even when every score is exactly right: each bin's
+    accuracy is a frequency with its own sampling error. Here each prediction is drawn right with the
+    probability its confidence states (``draws`` times, seeded) and the ECE of each draw is averaged: an
+    ECE near this figure cannot be told apart from perfect calibration on this data (on SST-2 dev's 872
+    texts it is about 0.02).
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    if not len(confidence):
+        return 0.0
+    where = _bin_index(confidence, bins)
+    count = np.bincount(where, minlength=bins)
+    stated = np.bincount(where, weights=confidence, minlength=bins)
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(draws):
+        right = np.bincount(where, weights=rng.random(len(confidence)) < confidence, minlength=bins)
+        total += np.abs(right - stated).sum() / len(confidence)
+    return float(total / draws)
+
+
 def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray) -> float:
     """Mean ``-log p(true label)``; probabilities are floored at 1e-15 so one certain mistake stays finite."""
     return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-15)).mean()) if len(labels) else 0.0
@@ -115,6 +143,7 @@ def metrics(
         "labels": list(names),
         "confusion_matrix": confusion.tolist(),
         "ece": float(ece),
+        "ece_floor": ece_floor(confidence),
         "nll": negative_log_likelihood(labels, probs),
         "brier": brier_score(labels, probs),
         "calibration": bins,
@@ -173,7 +202,7 @@ def format_table(result: dict) -> str:
         f"recall       {result['recall']:.4f}",
         f"f1           {result['f1']:.4f}",
         f"macro f1     {result['macro_f1']:.4f}",
-        f"ECE (15 bins) {result['ece']:.4f}",
+        f"ECE (15 bins) {result['ece']:.4f}  (perfect calibration would score {result['ece_floor']:.4f} here)",
         f"NLL          {result['nll']:.4f}",
         f"Brier        {result['brier']:.4f}",
     ]
