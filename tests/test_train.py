@@ -109,6 +109,40 @@ def test_resume_after_interruption_gives_the_same_model(tiny_model_dir, tmp_path
     assert resumed[-len(straight) + 2:] == straight[2:]  # evaluations after the restart agree
 
 
+def test_stop_after_makes_the_mid_schedule_checkpoint_and_the_run_continues(tiny_model_dir, tmp_path):
+    config = TrainConfig(**{**FAST.__dict__, "ema_decay": 0.9})  # 6 steps an epoch, 18 in all
+    model, tokenizer = fresh(tiny_model_dir)
+    train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "straight", progress=False)
+    expected = weights(model)
+    # The step-12 weights of the whole 18-step schedule (not the end of a 12-step one), epoch end included.
+    stepped = []
+    original = train_module.learning_rate
+
+    def spy(step, total, schedule):
+        stepped.append((step, total))
+        return original(step, total, schedule)
+
+    train_module.learning_rate = spy
+    try:
+        for stop in (7, 12, 12):  # a stop, one at an epoch's end, and again at once: nothing more is trained
+            model, tokenizer = fresh(tiny_model_dir)
+            summary = train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "sliced",
+                            progress=False, stop_after=stop)
+            assert summary["stopped"] and summary["steps"] == stop and summary["total_steps"] == 18
+            assert (tmp_path / "sliced" / "resume.pt").is_file()
+    finally:
+        train_module.learning_rate = original
+    assert stepped == [(step, 18) for step in range(12)]
+    at_12 = weights(model)
+    model, tokenizer = fresh(tiny_model_dir)
+    summary = train(model, tokenizer, dataset(96, 0), dataset(40, 1), config, tmp_path / "sliced", progress=False)
+    assert summary["steps"] == 18 and "stopped" not in summary
+    assert all(torch.equal(expected[k], model.state_dict()[k]) for k in expected)
+    assert not all(torch.equal(expected[k], at_12[k]) for k in expected)
+    straight = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    assert (tmp_path / "sliced" / "metrics.jsonl").read_text().splitlines() == straight
+
+
 def interrupt_at_step(step: int, monkeypatch) -> None:
     """Make training stop with KeyboardInterrupt once ``step`` optimizer steps are done."""
     original = train_module.learning_rate

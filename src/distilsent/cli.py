@@ -162,9 +162,20 @@ def cmd_train(args: argparse.Namespace) -> None:
                           data_files=data_files, extra=f"Base model: `{args.model or 'all-MiniLM-L6-v2'}`.")
 
     summary = train(model, tokenizer, train_examples, dev_examples, config, args.out, card=card,
-                    progress=not args.quiet)
+                    progress=not args.quiet, stop_after=args.stop_after)
+    if _stopped(summary, args):
+        return
     print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"),
                       "examples_per_second": summary["examples_per_second"]}))
+
+
+def _stopped(summary: dict, args: argparse.Namespace) -> bool:
+    """Report a run that --stop-after paused (the same command with a later --stop-after, or none, goes on)."""
+    if not summary.get("stopped"):
+        return False
+    print(json.dumps({"stopped": True, "steps": summary["steps"], "total_steps": summary["total_steps"],
+                      "best": summary["best"], "resume": str(Path(args.out) / "resume.pt")}))
+    return True
 
 
 def _read_logits(path: str):
@@ -198,7 +209,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
     files = [args.train_file] + ([args.dev] if args.dev else [])
     summary = distill(teacher, train_examples, args.out, student=args.student, dev_examples=dev_examples,
                       config=config, options=options, logits_cache=args.teacher_cache, data_files=files,
-                      progress=not args.quiet)
+                      progress=not args.quiet, stop_after=args.stop_after)
+    if _stopped(summary, args):
+        return
     print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"), "steps": summary["steps"],
                       "teacher_logits": summary["teacher_logits"],
                       "examples_per_second": summary["examples_per_second"]}))
@@ -472,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-steps", type=_positive_int, default=None, metavar="STEPS",
                        help="stop after this many optimizer steps (default: every epoch); a warm-up that is not "
                             "shorter than the run is cut to 10%% of it")
+        p.add_argument("--stop-after", type=_positive_int, default=None, metavar="STEPS",
+                       help="pause once the run has made this many steps, resumable (the schedule stays the "
+                            "whole run's): run the same command again to go on, e.g. in time-boxed slices")
         p.add_argument("--warmup-steps", type=int, default=None)
         p.add_argument("--max-length", type=_positive_int, default=None)
         p.add_argument("--weight-decay", type=float, default=None)

@@ -371,6 +371,7 @@ def distill(
     logits_cache: str | os.PathLike | None = None,
     data_files: Sequence[str | os.PathLike] = (),
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> dict:
     """Distil ``teacher`` (any distilsent checkpoint, or a :class:`PrecomputedTeacher`) into ``student``
     (default: all-MiniLM-L6-v2, as in ``train``) on ``train_examples`` (``UNLABELLED`` ones learn from the
@@ -428,5 +429,5 @@ def distill(
                           data_files=files, extra=extra)
 
     summary = train(model, tokenizer, train_examples, dev_examples, config, out_dir, card=card, progress=progress,
-                    objective=objective)
+                    objective=objective, stop_after=stop_after)
     return {**summary, "teacher_logits": str(logits_file) if logits_file else None}

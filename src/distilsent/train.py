@@ -232,8 +232,15 @@ def train(
     card=None,
     progress: bool = True,
     objective=None,
+    stop_after: int | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place; keeps the best dev model in ``OUT/best`` and resumes from ``OUT/resume.pt``.
+
+    ``stop_after=N`` ends this call once the run has made N optimizer steps, as an interruption would:
+    ``model`` holds the weights of step N, ``OUT/resume.pt`` is saved, and a later call continues the run
+    (the learning-rate schedule is always the whole run's). Its summary is ``{"stopped": True, "steps",
+    "total_steps", "best", "history"}``. It lets a long run go in slices, or a checkpoint in the middle
+    of a schedule be made again exactly.
 
     ``card(model_config, metrics) -> str`` writes the model card of every saved model. Returns the summary
     that is also written to ``OUT/metrics.json``; each evaluation is appended to ``OUT/metrics.jsonl``.
@@ -350,13 +357,16 @@ def train(
                     for p, s in zip(model.parameters(), saved):
                         p.copy_(s)
 
+    def stopping() -> bool:
+        return stop_after is not None and stop_after <= step < total_steps
+
     model.train()
     bar = Progress(total_steps, desc="train", unit="step", initial=step, enabled=progress)
     started, trained_examples, loss_avg = time.perf_counter(), 0, None
     try:
         while epoch < config.epochs and step < total_steps:
             plan = epoch_batches(lengths, config, epoch)
-            while batch_index < len(plan) and step < total_steps:
+            while batch_index < len(plan) and step < total_steps and not stopping():
                 batch = plan[batch_index]
                 ids, mask = tokenizer.pad([sequences[i] for i in batch])
                 lr = learning_rate(step, total_steps, schedule)
@@ -385,6 +395,8 @@ def train(
                     evaluate_now(bar)
                 if step % config.save_every == 0 and step < total_steps:
                     save_resume(epoch, batch_index)
+            if stopping():  # before the end-of-epoch work, which the continued run does
+                break
             if batch_index == len(plan):
                 epoch += 1
                 batch_index = 0
@@ -394,6 +406,9 @@ def train(
                 save_resume(epoch, batch_index)
     finally:
         bar.close()
+    if stopping():
+        save_resume(epoch, batch_index)
+        return {"stopped": True, "steps": step, "total_steps": total_steps, "best": best, "history": history}
     resume_path.unlink(missing_ok=True)  # the run is complete: nothing is left to resume
     seconds = time.perf_counter() - started
     if not dev_examples:
