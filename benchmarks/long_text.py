@@ -7,13 +7,15 @@
 
 The validation split is carved out of ``../shared/data/imdb/train.csv`` (the model never saw IMDb) with
 ``distilsent.data.split_examples(examples, fraction, seed)``; fraction 0.1 and seed 9 by default.
-For each data set: accuracy and texts/s with truncate, head_tail, window + mean and window + max, on the
-texts longer than 512 tokens and on all of them.
+For each data set: accuracy and texts/s with truncate, head_tail, window + mean and window + max, and
+windows of ``--windows`` tokens (128 by default) + mean and + max, on the texts longer than 512 tokens
+and on all of them.
 
-Texts that fit in one window give the same single sequence under every strategy, so they are run once and
-their time is shared by every strategy; the texts over 512 tokens are run once per strategy (mean and max
-aggregate the same windows, so they share one run). A strategy's "all" figure is its long-text run plus the
-shared short-text run.
+Texts that fit in 512 tokens give the same single sequence under truncate, head_tail and 512-token windows,
+so they are run once and their time is shared by those; the texts over 512 tokens are run once per
+strategy (mean and max aggregate the same windows, so they share one run). A strategy's "all" figure is
+its long-text run plus the shared short-text run. Narrower windows split the shorter texts too, so they
+are run apart for each width.
 
 Windowing cost: the ideal is texts/s in proportion to the tokens run, so ``efficiency`` =
 (window tokens / truncate tokens) / (window seconds / truncate seconds); 1.0 is ideal. It is measured on
@@ -36,48 +38,57 @@ from results import write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-RUNS = (("truncate", "mean"), ("head_tail", "mean"), ("window", "mean"), ("window", "max"))
 
 
-def timed(clf, texts, strategy, stride):
+def timed(clf, texts, strategy, stride, window=None):
     """Per-text probabilities of both aggregations, seconds, sequences and tokens run (the library's path:
     encode, plan windows, run them under the token budget, aggregate)."""
     from distilsent.long_text import aggregate
 
     start = time.perf_counter()
-    window_plan = clf.windows(texts, long_text=strategy, stride=stride)
+    window_plan = clf.windows(texts, long_text=strategy, stride=stride, window=window)
     probs = clf.scores(clf.run(window_plan.sequences), "softmax")
     out = {how: aggregate(probs, window_plan, len(texts), how) for how in ("mean", "max")}
     seconds = time.perf_counter() - start
     return out, seconds, len(window_plan.sequences), sum(len(s) for s in window_plan.sequences)
 
 
-def cost(clf, texts, stride, repeats):
-    """Best seconds and tokens run of truncate and window over ``texts``, runs alternating."""
-    best = {"truncate": float("inf"), "window": float("inf")}
+def cost(clf, texts, stride, repeats, widths=()):
+    """Best seconds and tokens run of truncate, 512-token windows and windows of each of ``widths`` over
+    ``texts``, runs alternating; keyed "truncate", "window" and "window N"."""
+    runs = {"truncate": ("truncate", stride, None), "window": ("window", stride, None)}
+    runs.update({f"window {w}": ("window", w // 2, w) for w in widths})
+    best = {name: float("inf") for name in runs}
     tokens = {}
     for _ in range(repeats):
-        for strategy in best:
-            _, seconds, _, tokens[strategy] = timed(clf, texts, strategy, stride)
-            best[strategy] = min(best[strategy], seconds)
+        for name, (strategy, step, width) in runs.items():
+            _, seconds, _, tokens[name] = timed(clf, texts, strategy, step, width)
+            best[name] = min(best[name], seconds)
     return best, tokens
 
 
-def measure(clf, name, examples, stride):
+def measure(clf, name, examples, stride, widths=()):
+    """Rows of accuracy and texts/s per strategy; ``widths``: also windows of these many tokens (stride half
+    of one), which split the texts shorter than the model's limit too, so those are run for them as well."""
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
     lengths = np.array([len(ids) for ids in clf.tokenizer.encode(texts, 10**9)])
     long = np.flatnonzero(lengths > clf.max_length)
     short = np.flatnonzero(lengths <= clf.max_length)
-    shared, short_seconds, _, short_tokens = timed(clf, [texts[i] for i in short], "truncate", stride)
+    shared = timed(clf, [texts[i] for i in short], "truncate", stride)
+    runs = [("truncate", None, ""), ("head_tail", None, ""), ("window", None, "")]
+    runs += [("window", width, f" {width}") for width in widths]
     rows = []
-    for strategy in ("truncate", "head_tail", "window"):
-        probs, seconds, sequences, tokens = timed(clf, [texts[i] for i in long], strategy, stride)
+    for strategy, width, suffix in runs:
+        probs, seconds, sequences, tokens = timed(clf, [texts[i] for i in long], strategy,
+                                                  stride if width is None else width // 2, width)
+        short_probs, short_seconds = shared[:2] if width is None else timed(
+            clf, [texts[i] for i in short], strategy, width // 2, width)[:2]
         for how in ("mean", "max") if strategy == "window" else ("mean",):
             right_long = probs[how].argmax(1) == labels[long]
-            right_short = shared["mean"].argmax(1) == labels[short]
+            right_short = short_probs[how].argmax(1) == labels[short]
             rows.append({
-                "data": name, "strategy": strategy + (f" {how}" if strategy == "window" else ""),
+                "data": name, "strategy": strategy + suffix + (f" {how}" if strategy == "window" else ""),
                 "long": len(long), "all": len(texts),
                 "acc_long": float(right_long.mean()) if len(long) else float("nan"),
                 "acc_all": float((right_long.sum() + right_short.sum()) / len(texts)),
@@ -98,6 +109,8 @@ def main() -> int:
     parser.add_argument("--cost-texts", type=int, default=48, help="long texts in the windowing-cost runs")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of the windowing cost")
     parser.add_argument("--cost-only", action="store_true", help="only the windowing cost")
+    parser.add_argument("--windows", default="128", metavar="N,N", help="also windows of these many tokens, stride "
+                        "half a window, on every text (default: 128, the length the default model was trained at)")
     parser.add_argument("--heads", default="", metavar="N,N", help="also head_tail with these head sizes, on the "
                         "IMDb texts over 512 tokens (e.g. 0,64,256)")
     args = parser.parse_args()
@@ -111,18 +124,20 @@ def main() -> int:
     _, validation = split_examples(read_examples(DATA / "imdb" / "train.csv"), args.fraction, args.seed)
     long_examples = [e for e in validation if len(clf.tokenizer.encode([e.text], 10**9)[0]) > clf.max_length]
     long_texts = [e.text for e in long_examples]
-    best, tokens = cost(clf, long_texts[: args.cost_texts], args.stride, args.repeats)
-    token_ratio, time_ratio = tokens["window"] / tokens["truncate"], best["window"] / best["truncate"]
+    widths = [int(w) for w in args.windows.split(",") if w.strip()]
+    best, tokens = cost(clf, long_texts[: args.cost_texts], args.stride, args.repeats, widths)
     cost_lines = [
         f"Windowing cost, {min(len(long_texts), args.cost_texts)} IMDb texts over {clf.max_length} tokens, "
         f"best of {args.repeats} alternating runs (ideal: seconds in proportion to tokens run; efficiency = "
-        f"tokens ratio / seconds ratio). CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        "cores, shared with other work while measured.", "",
-        "| tokens truncate | tokens window | tokens ratio | seconds truncate | seconds window | seconds ratio | efficiency |",
-        "|---|---|---|---|---|---|---|",
-        f"| {tokens['truncate']} | {tokens['window']} | {token_ratio:.2f} | {best['truncate']:.2f} "
-        f"| {best['window']:.2f} | {time_ratio:.2f} | {token_ratio / time_ratio:.2f} |",
+        f"tokens ratio / seconds ratio, against truncation). CPU: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores.", "",
+        "| reading | tokens | tokens ratio | seconds | seconds ratio | efficiency |",
+        "|---|---|---|---|---|---|",
     ]
+    for name in best:
+        token_ratio, time_ratio = tokens[name] / tokens["truncate"], best[name] / best["truncate"]
+        cost_lines.append(f"| {name} | {tokens[name]} | {token_ratio:.2f} | {best[name]:.2f} | {time_ratio:.2f} "
+                          f"| {token_ratio / time_ratio:.2f} |")
     print("\n".join(cost_lines), flush=True)
     write_section("long_text_cost", "## Cost of windowing (benchmarks/long_text.py)\n\n" + "\n".join(cost_lines))
     if args.cost_only:
@@ -133,9 +148,10 @@ def main() -> int:
 
     rows = []
     for name, examples in sets:
-        rows += measure(clf, name, examples, args.stride)
-        for row in rows[-4:]:
-            print(f"{row['data']:<32} {row['strategy']:<12} acc>512 {row['acc_long']:.4f} ({row['long']})  "
+        measured = measure(clf, name, examples, args.stride, widths)
+        rows += measured
+        for row in measured:
+            print(f"{row['data']:<32} {row['strategy']:<16} acc>512 {row['acc_long']:.4f} ({row['long']})  "
                   f"acc all {row['acc_all']:.4f} ({row['all']})  texts/s >512 {row['tps_long']:.2f}  "
                   f"all {row['tps_all']:.2f}", flush=True)
 
@@ -143,7 +159,8 @@ def main() -> int:
         f"Model: {clf.name}; window stride {args.stride or (clf.max_length - 2) // 2} tokens; head_tail "
         f"128 + {clf.max_length - 2 - 128}. CPU: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (shared with other work while measured). Texts <= {clf.max_length} tokens are "
-        "the same single sequence under every strategy: run once, their time shared.",
+        "the same single sequence under truncate, head_tail and window: run once, their time shared; "
+        "`window N` reads every text in windows of N tokens (stride N/2), the short ones included.",
         "",
         "| data | strategy | accuracy > 512 tokens (n) | accuracy all (n) | texts/s > 512 | texts/s all |",
         "|---|---|---|---|---|---|",

@@ -220,7 +220,7 @@ def stage_ship(build: Build) -> dict:
     from distilsent import Classifier
     from distilsent.calibration import card_section, fit, with_section, write_calibrated
     from distilsent.checkpoint import load_config, load_model, save_model
-    from distilsent.cli import DEFAULT_LONG_TEXT
+    from distilsent.cli import DEFAULT_READING
     from distilsent.data import read_examples
     from distilsent.evaluate import evaluate
     from distilsent.modelcard import default_model_card
@@ -234,16 +234,16 @@ def stage_ship(build: Build) -> dict:
     model, tokenizer = load_model(build.work / chosen / "best")
     save_model(model, tokenizer, staging, dtype=torch.float16)
     select_name = "the selection split (2,000 SST-2 train sentences + 1,000 IMDb train reviews, seed 10)"
-    fitted = fit(Classifier.load(staging, long_text=DEFAULT_LONG_TEXT), parts["select"], select_name)
+    fitted = fit(Classifier.load(staging, **DEFAULT_READING), parts["select"], select_name)
     write_calibrated(staging, staging, fitted.temperature, "")
 
     sets = {"SST-2 dev": read_examples(build.data / "sst2" / "dev.tsv"),
             f"IMDb validation ({len(parts['imdb_report']):,} reviews)": parts["imdb_report"],
             **{f"reviews/{p.name}": read_examples(p) for p in sorted((build.data / "reviews").glob("*.csv"))}}
-    clf = Classifier.load(staging, long_text=DEFAULT_LONG_TEXT)
+    clf = Classifier.load(staging, **DEFAULT_READING)
     shipped = {name: evaluate(clf, examples) for name, examples in sets.items()}
     other = "student" if chosen == "plain" else "plain"
-    other_clf = Classifier.load(build.work / other / "best", long_text=DEFAULT_LONG_TEXT)
+    other_clf = Classifier.load(build.work / other / "best", **DEFAULT_READING)
     compared = {name: evaluate(other_clf, sets[name])["accuracy"] for name in list(sets)[:2]}
 
     split = build.log["split"]
@@ -264,7 +264,7 @@ def stage_ship(build: Build) -> dict:
         f"hard {distill_options().alpha_hard}; reviews have no teacher and learn from their labels. "
         "Checkpoints and the temperature were chosen on the selection split; SST-2 dev was only measured.\n\n"
         "Validation data, carved out of the training files: " + "; ".join(split["how"].values()) + ".\n\n"
-        f"| data (read with `long_text=\"{DEFAULT_LONG_TEXT}\"`) | accuracy | F1 | ECE | texts |\n|---|---|---|---|---|\n"
+        f"| data (read as the command line reads: {DEFAULT_READING}) | accuracy | F1 | ECE | texts |\n|---|---|---|---|---|\n"
         + rows + "\n"
         f"The other run (`{other}`), uncalibrated: " + ", ".join(f"{n} {a:.4f}" for n, a in compared.items())
         + ".\n\nWall time of each stage on 2 CPU cores: "

@@ -79,6 +79,21 @@ def test_plan_keeps_one_sequence_per_text_except_for_windows():
     assert list(result.starts) == [0, 0, 5, 10, 15, 20, 0]
 
 
+def test_window_narrower_than_the_model_windows_every_text_longer_than_it():
+    texts = [text(4), text(9), text(30)]  # all fit the model's 32 positions but the last
+    result = plan(texts, "window", 32, window=8)  # 6 content tokens a window, stride 3 by default
+    assert list(result.owner) == [0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    assert result.sequences[0] == text(4)  # fits one window: unchanged
+    assert [content(s) for s in result.sequences[1:3]] == [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8]]
+    assert all(len(s) == 8 for s in result.sequences[1:])
+    assert {t for s in result.sequences[3:] for t in content(s)} == set(range(30))
+    assert plan(texts, "window", 32, window=32).sequences == plan(texts, "window", 32).sequences
+    assert plan(texts, "head_tail", 32, window=8).sequences == plan(texts, "head_tail", 32).sequences  # windows only
+    assert plan(texts, "window", 32, window=500).sequences == plan(texts, "window", 32).sequences  # cut to fit
+    with pytest.raises(InputError, match="window must leave room for"):
+        plan(texts, "window", 32, window=2)
+
+
 def test_bad_strategy_and_stride_are_input_errors():
     with pytest.raises(InputError, match="long_text"):
         plan([text(3)], "middle", 12)
@@ -186,6 +201,25 @@ def test_strategies_read_different_tokens_of_a_long_text_only(clf):
     assert results["truncate"][2] != results["head_tail"][2]
 
 
+def test_window_width_is_a_call_option_and_a_classifier_default(clf):
+    from distilsent import Classifier
+    from distilsent.classifier import softmax
+
+    texts = [LONG, "great fun"]
+    window_plan = clf.windows(texts, long_text="window", window=16, stride=8)
+    assert max(len(s) for s in window_plan.sequences) == 16 and len(window_plan.sequences) > 30
+    expected = aggregate(softmax(clf.run(window_plan.sequences)), window_plan, 2, "max")
+    got = clf(texts, long_text="window", window=16, stride=8, aggregate="max", top_k=None)
+    for row, ranked in zip(expected, got):
+        assert {d["label"]: d["score"] for d in ranked} == pytest.approx(dict(zip(clf.labels, row)), rel=1e-5)
+    narrow = Classifier(clf.backend, clf.tokenizer, clf.config, long_text="window", window=16, stride=8,
+                        aggregate="max")
+    assert narrow(texts, top_k=None) == got
+    assert len(narrow.windows(texts).sequences) == len(window_plan.sequences)
+    with pytest.raises(InputError, match="window must leave room"):
+        clf(texts, long_text="window", window=2)
+
+
 def test_return_windows_lists_each_window(clf):
     results, windows = clf([LONG, "good"], long_text="window", stride=62, return_windows=True)
     assert len(results) == 2 and len(windows) == 2
@@ -239,3 +273,7 @@ def test_predict_verb_reads_long_texts_and_abstains(tiny_model_dir, clf, capsys)
     assert json.loads(capsys.readouterr().out)["label"] == "NEUTRAL"
     assert main(["predict", *model, "--long-text", "window", "--stride", "100", LONG]) == 1
     assert "stride must be between 1 and the window's 62 tokens" in capsys.readouterr().err
+    assert main(["predict", *model, "--long-text", "window", "--window", "16", "--aggregate", "max", LONG]) == 0
+    assert json.loads(capsys.readouterr().out) == clf([LONG], long_text="window", window=16, aggregate="max")[0]
+    assert main(["predict", *model, "--long-text", "window", "--window", "2", LONG]) == 1
+    assert "window must leave room for [CLS], a token and [SEP], got 2" in capsys.readouterr().err

@@ -284,7 +284,8 @@ def test_long_text_strategies_match_the_classifier(tmp_path, clf):
     long_texts = [" ".join(["the film was great fun"] * 30 + ["but the ending was awful"] * k) for k in range(1, 6)]
     source = write_table(tmp_path / "in.jsonl", [{"text": t} for t in long_texts + TEXTS[:3]])
     texts = long_texts + TEXTS[:3]
-    for options in ({"long_text": "head_tail"}, {"long_text": "window", "stride": 16, "aggregate": "max"}):
+    for options in ({"long_text": "head_tail"}, {"long_text": "window", "stride": 16, "aggregate": "max"},
+                    {"long_text": "window", "window": 16, "aggregate": "max"}):
         target = tmp_path / "out.jsonl"
         score_stream(clf, str(source), str(target), ScoreSettings(all_scores=True, chunk_rows=3, **options),
                      progress=False)

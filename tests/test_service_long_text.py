@@ -1,4 +1,4 @@
-"""The service's distilsent fields: long_text, stride, aggregate and neutral_below on both routes, and the
+"""The service's distilsent fields: long_text, window, stride, aggregate and neutral_below on both routes, and the
 per-request window limit."""
 
 from __future__ import annotations
@@ -66,6 +66,36 @@ def test_server_default_strategy_applies_when_the_request_does_not_say(clf):
             response = await client.post("/", json={"inputs": LONG})
             assert response.status_code == 200
             close(response.json(), clf([LONG], long_text="head_tail"))
+
+    asyncio.run(go())
+
+
+def test_window_width_on_both_routes_and_as_the_server_default(clf):
+    async def go():
+        want = clf([LONG, "great fun"], long_text="window", window=16, aggregate="max", top_k=None)
+        async with running(lambda: clf) as client:
+            parameters = {"long_text": "window", "window": 16, "aggregate": "max", "top_k": None}
+            response = await client.post("/", json={"inputs": [LONG, "great fun"], "parameters": parameters})
+            assert response.status_code == 200, response.text
+            for got, expected in zip(response.json(), want):
+                close(got, expected)
+            response = await client.post("/predict", json={"inputs": [LONG, "great fun"], "long_text": "window",
+                                                           "window": 16, "aggregate": "max"})
+            assert response.status_code == 200, response.text
+            for got, expected in zip(response.json(), want):
+                close(got, expected)
+            response = await client.post("/predict", json={"inputs": LONG, "long_text": "window", "window": 2})
+            assert response.status_code == 422, response.text  # no room for [CLS] + a token + [SEP]
+            wide = await client.post("/predict", json={"inputs": LONG, "long_text": "window", "window": 10**6})
+            assert wide.status_code == 200  # cut to the model's 64 positions
+            close(wide.json(), clf(LONG, long_text="window", top_k=None))
+        async with running(lambda: clf, long_text="window", window=16, aggregate="max") as client:
+            response = await client.post("/", json={"inputs": [LONG, "great fun"], "parameters": {"top_k": None}})
+            assert response.status_code == 200, response.text
+            for got, expected in zip(response.json(), want):
+                close(got, expected)
+            info = (await client.get("/info")).json()
+            assert (info["long_text"], info["window"], info["aggregate"]) == ("window", 16, "max")
 
     asyncio.run(go())
 

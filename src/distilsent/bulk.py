@@ -59,6 +59,7 @@ class ScoreSettings:
     long_text: str | None = None  # None: the classifier's own (truncate); see distilsent.long_text
     stride: int | None = None
     aggregate: str | None = None
+    window: int | None = None
     embeddings: str | None = None  # a pooling ("cls" or "mean"): add each text's embedding, see Classifier.embed
 
     def __post_init__(self):
@@ -117,7 +118,7 @@ class Scorer:
         """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports, from the same
         steps (windows, run, scores, aggregate) without building its dicts."""
         clf, settings = self.clf, self.settings
-        window_plan = clf.windows(texts, long_text=settings.long_text, stride=settings.stride)
+        window_plan = clf.windows(texts, long_text=settings.long_text, stride=settings.stride, window=settings.window)
         window_scores = clf.scores(clf.run(window_plan.sequences, batch_size=settings.batch_size))
         return aggregate_windows(window_scores, window_plan, len(texts), settings.aggregate or clf.aggregate)
 

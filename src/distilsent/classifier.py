@@ -104,12 +104,14 @@ class Classifier:
         stride: int | None = None,
         head: int | None = None,
         aggregate: str = "mean",
+        window: int | None = None,
     ):
         if batch_size < 1 or max_batch_tokens < 1:
             raise InputError("batch_size and max_batch_tokens must be positive")
         check_strategy(long_text, aggregate)
         # Defaults of every call: how texts longer than max_length are read (see distilsent.long_text).
         self.long_text, self.stride, self.head, self.aggregate = long_text, stride, head, aggregate
+        self.window = window
         self.backend = backend
         self.tokenizer = tokenizer
         self.config = config
@@ -165,13 +167,16 @@ class Classifier:
         head: int | None = None,
         truncation: bool = True,
         max_length: int | None = None,
+        window: int | None = None,
     ) -> WindowPlan:
         """The sequences to run for ``texts`` under a ``long_text`` strategy (default: the classifier's):
         one per text for ``"truncate"`` (:meth:`encode`, so ``truncation=False`` still refuses long texts)
-        and ``"head_tail"``, one per window of ``max_length`` tokens every ``stride`` for ``"window"``."""
+        and ``"head_tail"``, one per window of ``window`` tokens (default ``max_length``) every ``stride``
+        for ``"window"``."""
         limit = min(max_length or self.max_length, self.config.max_position_embeddings)
         return read_windows(self.tokenizer, texts, long_text or self.long_text, limit, stride=stride or self.stride,
-                            head=head if head is not None else self.head, truncation=truncation)
+                            head=head if head is not None else self.head, window=window or self.window,
+                            truncation=truncation)
 
     def plan(
         self, lengths: Sequence[int], *, batch_size: int | None = None, max_batch_tokens: int | None = None
@@ -326,6 +331,7 @@ class Classifier:
         stride: int | None = None,
         head: int | None = None,
         aggregate: str | None = None,
+        window: int | None = None,
     ) -> np.ndarray:
         """Raw logits (n, labels) float32, in input order.
 
@@ -333,7 +339,7 @@ class Classifier:
         the log of its aggregated softmax probabilities, so that ``softmax`` of it gives them back.
         """
         window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
-                                   max_length=max_length)
+                                   max_length=max_length, window=window)
         logits = self.run(window_plan.sequences, batch_size=batch_size)
         if len(window_plan.sequences) == len(texts):  # one sequence per text: its logits are the text's
             return logits
@@ -353,6 +359,7 @@ class Classifier:
         stride: int | None = None,
         head: int | None = None,
         aggregate: str | None = None,
+        window: int | None = None,
         neutral_below: float | None = None,
         return_windows: bool = False,
     ) -> list | tuple[list, list]:
@@ -363,7 +370,7 @@ class Classifier:
           for a single string that list itself, for a list of texts a list of such lists.
         - ``long_text``: ``"truncate"`` (the first ``max_length`` tokens), ``"head_tail"`` (the first
           ``head`` and the last ``max_length - 2 - head`` tokens) or ``"window"`` (every window of
-          ``max_length`` tokens, one every ``stride`` tokens, scores aggregated per text by ``aggregate``:
+          ``window`` tokens, default ``max_length``, one every ``stride`` tokens, scores aggregated per text by ``aggregate``:
           ``"mean"`` weighted by window tokens, or ``"max"``, the most confident window); see
           :mod:`distilsent.long_text`. Defaults: the classifier's (``truncate``).
         - ``neutral_below=p`` (binary models): the label is ``NEUTRAL`` when the best score is below ``p``.
@@ -381,7 +388,7 @@ class Classifier:
         texts = [inputs] if single else list(inputs)
         check_strategy(long_text or self.long_text, aggregate or self.aggregate)
         window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
-                                   max_length=max_length)
+                                   max_length=max_length, window=window)
         window_scores = self.scores(self.run(window_plan.sequences, batch_size=batch_size), function_to_apply)
         scores = aggregate_windows(window_scores, window_plan, len(texts), aggregate or self.aggregate)
         results = self.format(scores, top_k=top_k, single=single, neutral_below=neutral_below)

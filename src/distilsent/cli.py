@@ -50,13 +50,15 @@ def _stdin_lines() -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-# How the command line reads texts longer than the model's 512 tokens; chosen by benchmarks/long_text.py on
-# an IMDb validation split (see README "Long texts").
-DEFAULT_LONG_TEXT = "head_tail"
+# How the command line reads long texts: chosen for the embedded default model on the IMDb selection split of
+# scripts/build_default_model.py (1,000 reviews; README "Long reviews"). That model was trained on SST-2 at
+# 128 tokens, and reads reviews best as 128-token windows, each judged alone, the surest one deciding:
+# 85.6% against 81.3% for head_tail (79.9% against 74.0% on the reviews over 512 tokens).
+DEFAULT_READING = {"long_text": "window", "window": 128, "aggregate": "max"}
 
 
 def _long_text(args: argparse.Namespace) -> dict:
-    return {"long_text": args.long_text, "stride": args.stride, "aggregate": args.aggregate}
+    return {"long_text": args.long_text, "stride": args.stride, "aggregate": args.aggregate, "window": args.window}
 
 
 def _probability(value: str) -> float:
@@ -70,14 +72,19 @@ def _probability(value: str) -> float:
 
 
 def long_text_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=DEFAULT_LONG_TEXT,
-                   help="texts over the model's length: keep the first tokens, the first 128 + last 382, or run "
-                        f"every window and aggregate (default: {DEFAULT_LONG_TEXT})")
+    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=DEFAULT_READING["long_text"],
+                   help="texts over the model's length (or --window): keep the first tokens, the first 128 + last "
+                        "382, or run every window and aggregate (default: window, with --window 128 and "
+                        "--aggregate max: the best reading of reviews for the embedded model, trained at 128 "
+                        "tokens; for a model trained on long texts try --window 512 or head_tail)")
+    p.add_argument("--window", type=_positive_int, default=DEFAULT_READING["window"], metavar="N",
+                   help="with --long-text window: tokens per window, [CLS] and [SEP] included, at most the "
+                        f"model's (default: {DEFAULT_READING['window']})")
     p.add_argument("--stride", type=_positive_int, default=None, metavar="N",
-                   help="with --long-text window: a window starts every N tokens (default: half a window, 255)")
-    p.add_argument("--aggregate", choices=("mean", "max"), default="mean",
+                   help="with --long-text window: a window starts every N tokens (default: half a window)")
+    p.add_argument("--aggregate", choices=("mean", "max"), default=DEFAULT_READING["aggregate"],
                    help="with --long-text window: mean of the windows' scores weighted by their tokens, or "
-                        "the most confident window (default: mean)")
+                        f"the most confident window (default: {DEFAULT_READING['aggregate']})")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -333,7 +340,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                          text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                          prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
                          long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
-                         embeddings=args.embeddings)
+                         window=args.window, embeddings=args.embeddings)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -396,12 +403,14 @@ EXAMPLES = {
   distilsent predict "a gripping, beautiful film"
   printf 'great\\nawful\\n' | distilsent predict --top-k all
   distilsent predict --model ./my-model --batch-size 128 < reviews.txt > predictions.jsonl
-  distilsent predict --long-text window --aggregate max --neutral-below 0.7 < reviews.txt""",
+  distilsent predict --neutral-below 0.7 < reviews.txt     # long texts: 128-token windows, the surest decides
+  distilsent predict --model ./imdb-model --window 512 --aggregate mean < reviews.txt""",
     "train": """examples:
   distilsent train train.tsv --dev dev.tsv --out runs/sst2 --preset sst2 --lr 5e-5
   distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
   cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body
-  distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4""",
+  distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4
+  distilsent train train.tsv --out runs/sliced --preset sst2 --stop-after 1000   # again later: it goes on""",
     "distill": """examples:
   distilsent distill train.tsv --teacher runs/big/best --out runs/student --dev dev.tsv --temperature 2
   distilsent distill reviews.txt --teacher runs/big/best --out runs/unlabelled --student runs/student/best
@@ -410,10 +419,10 @@ EXAMPLES = {
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
   distilsent eval runs/sst2/best dev.csv --json --plots plots/
-  distilsent eval default reviews.csv --long-text window --stride 128""",
+  distilsent eval default reviews.csv --long-text head_tail""",
     "calibrate": """examples:
   distilsent calibrate default held-out.csv --out ./calibrated      # then: distilsent predict --model ./calibrated
-  distilsent calibrate ./my-model dev.tsv --out ./my-model-calibrated --long-text window""",
+  distilsent calibrate ./my-model dev.tsv --out ./my-model-calibrated --long-text truncate""",
     "convert": """examples:
   distilsent convert ./all-MiniLM-L6-v2 ./minilm-distilbert
   distilsent convert ./bert-base-uncased ./bert-as-distilbert --labels neg,neu,pos""",
@@ -630,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="prefix of the new column names, e.g. pred_ when IN has a label")
     p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=None,
                    help="texts over the model's length: first tokens (default), head+tail, or sliding windows")
+    p.add_argument("--window", type=_positive_int, default=None,
+                   help="--long-text window: tokens per window (default: the model's 512)")
     p.add_argument("--stride", type=_positive_int, default=None, help="--long-text window: tokens between windows")
     p.add_argument("--aggregate", choices=("mean", "max"), default=None,
                    help="--long-text window: combine windows by token-weighted mean (default) or the surest one")

@@ -7,10 +7,12 @@ Three strategies, chosen per call (``Classifier(..., long_text=...)``):
   for reviews the verdict is often at the end (Sun et al. 2019, "How to fine-tune BERT for text
   classification", found 128 + 382 the best single 512-token window on IMDb). ``head`` defaults to a
   quarter of the window: 128 of 510 at 512 positions.
-- ``"window"``: windows of ``max_length`` tokens starting every ``stride`` tokens, the last one aligned
-  to the end of the text, so every token is seen and every window is full; each window is one more
-  sequence for the classifier's batches, and the per-window scores are aggregated per text:
-  ``"mean"`` (weighted by the tokens each window holds) or ``"max"`` (the most confident window).
+- ``"window"``: windows of ``window`` tokens (default ``max_length``) starting every ``stride`` tokens,
+  the last one aligned to the end of the text, so every token is seen and every window is full; each
+  window is one more sequence for the classifier's batches, and the per-window scores are aggregated per
+  text: ``"mean"`` (weighted by the tokens each window holds) or ``"max"`` (the most confident window).
+  Windows narrower than the model's limit suit a model trained on short texts (the default model was
+  trained on SST-2 at 128 tokens, and reads reviews best as 128-token windows: benchmarks/long_text.py).
 
 Everything here works on token id lists that start with ``[CLS]`` and end with ``[SEP]``, as
 ``Tokenizer.encode(..., truncation=False)`` returns them, and on numpy score arrays; no model is run.
@@ -102,18 +104,23 @@ def plan(
     *,
     stride: int | None = None,
     head: int | None = None,
+    window: int | None = None,
 ) -> WindowPlan:
     """The sequences to run for full-length token ids: one per text, except ``"window"`` which gives
-    as many as each text needs. ``stride`` defaults to half a window, ``head`` to a quarter of it."""
+    as many as each text needs. ``stride`` defaults to half a window, ``head`` to a quarter of it;
+    ``window`` (the tokens of one window with ``[CLS]`` and ``[SEP]``) to ``max_length``, and a wider one is
+    cut to it, as ``max_length`` itself is cut to the model's positions."""
     check_strategy(strategy)
     if max_length < 3:
         raise InputError(f"max_length must leave room for [CLS], a token and [SEP], got {max_length}")
+    if window is not None and window < 3:
+        raise InputError(f"window must leave room for [CLS], a token and [SEP], got {window}")
     if strategy == "truncate":
         return WindowPlan.one_each([truncate(s, max_length) for s in sequences])
     if strategy == "head_tail":
         head = default_head(max_length) if head is None else head
         return WindowPlan.one_each([head_tail(s, max_length, head) for s in sequences])
-    width = max_length - 2
+    width = min(window or max_length, max_length) - 2
     step = stride if stride is not None else width // 2
     out: list[list[int]] = []
     owner: list[int] = []
@@ -128,13 +135,13 @@ def plan(
 
 
 def read(tokenizer, texts: Sequence[str], strategy: str, max_length: int, *, stride: int | None = None,
-         head: int | None = None, truncation: bool = True) -> WindowPlan:
+         head: int | None = None, window: int | None = None, truncation: bool = True) -> WindowPlan:
     """Tokenize ``texts`` and :func:`plan` them: ``"truncate"`` reads a bounded prefix of each text (and with
     ``truncation=False`` refuses a longer one), the other strategies need every token of it."""
     check_strategy(strategy)
     if strategy == "truncate":
         return WindowPlan.one_each(tokenizer.encode(texts, max_length, truncation))
-    return plan(tokenizer.encode(texts, UNLIMITED), strategy, max_length, stride=stride, head=head)
+    return plan(tokenizer.encode(texts, UNLIMITED), strategy, max_length, stride=stride, head=head, window=window)
 
 
 def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: str = "mean") -> np.ndarray:

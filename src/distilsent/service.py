@@ -4,7 +4,7 @@
   with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered in the shapes
   of ``pipeline("text-classification")``; a body with ``raw_scores`` or ``truncate`` is a
   text-embeddings-inference (TEI) call and is answered as TEI does (every label, best first, per text).
-  distilsent adds ``long_text`` (truncate, head_tail, window), ``stride`` and ``aggregate`` (mean, max) to
+  distilsent adds ``long_text`` (truncate, head_tail, window), ``window``, ``stride`` and ``aggregate`` (mean, max) to
   both bodies (in ``parameters``, or top-level in a TEI body), and ``neutral_below`` to ``parameters``;
   without a ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows``
   caps the sequences one request may run (413).
@@ -87,8 +87,11 @@ LONG_TEXT = Field(default=None, description="distilsent: texts over the maximum 
                   "as their first 128 + last 382 tokens (head_tail) or as windows whose scores are aggregated "
                   "(window); default: the server's --long-text, else 422 for such texts")
 STRIDE = Field(default=None, ge=1, description="distilsent: with window, a window starts every this many tokens")
+WINDOW = Field(default=None, ge=3, description="distilsent: with window, tokens per window ([CLS] and [SEP] "
+               "included; a wider one is cut to the model's maximum length); default: the server's --window, "
+               "else that maximum")
 AGGREGATE = Field(default=None, description="distilsent: with window, the mean of the windows' scores weighted by "
-                  "their tokens, or the most confident window (max); default mean")
+                  "their tokens, or the most confident window (max); default: the server's --aggregate, else mean")
 
 
 class Parameters(BaseModel):
@@ -104,6 +107,7 @@ class Parameters(BaseModel):
     long_text: LongText | None = LONG_TEXT
     stride: StrictInt | None = STRIDE
     aggregate: Aggregate | None = AGGREGATE
+    window: StrictInt | None = WINDOW
     neutral_below: float | None = Field(
         default=None, ge=0, le=1, description="distilsent: label NEUTRAL when the best score is below this "
         "(binary models, one-best answers)",
@@ -134,6 +138,7 @@ class TeiRequest(BaseModel):
     long_text: LongText | None = LONG_TEXT
     stride: StrictInt | None = STRIDE
     aggregate: Aggregate | None = AGGREGATE
+    window: StrictInt | None = WINDOW
 
 
 PredictRequest = TypeAdapter(Union[HuggingFaceRequest, TeiRequest])
@@ -452,7 +457,7 @@ class Service:
             function = "none" if getattr(body, "raw_scores", None) else None
             reading = body if isinstance(body, TeiRequest) else TeiRequest(inputs=texts)
         strategy = reading.long_text or (None if truncation else s.long_text)  # an asked-for cut wins
-        long_text = {"long_text": strategy, "stride": reading.stride or s.stride}
+        long_text = {"long_text": strategy, "stride": reading.stride or s.stride, "window": reading.window or s.window}
         window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
         sequences = window_plan.sequences
         if strategy and len(sequences) > s.max_request_windows:  # one sequence per text is max_request_texts' to limit
@@ -462,7 +467,8 @@ class Service:
         if tokens > s.max_queue_tokens:
             raise ServiceError(413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}")
         logits = await self._submit(request, sequences)
-        scores = aggregate(classifier.scores(logits, function), window_plan, len(texts), reading.aggregate or "mean")
+        scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
+                           reading.aggregate or s.aggregate or "mean")
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
         neutral = {"neutral_below": parameters.neutral_below} if parameters.neutral_below is not None else {}
@@ -543,6 +549,8 @@ class Service:
             "max_queue_tokens": s.max_queue_tokens,
             "max_client_batch_size": s.max_request_texts,
             "long_text": s.long_text,
+            "window": s.window,
+            "aggregate": s.aggregate,
             "max_request_windows": s.max_request_windows,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_body_bytes": s.max_body_bytes,

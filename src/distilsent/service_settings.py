@@ -46,6 +46,10 @@ class ServiceSettings:
         "texts get 422 unless the request asks for truncation or a long_text)", type=str,
     )
     stride: int | None = option(None, "default window stride in tokens (default: half a window)", type=int)
+    window: int | None = option(None, "default window width in tokens (default: the model's maximum length)",
+                                type=int)
+    aggregate: str | None = option(None, "default way to combine a text's windows: mean or max (default: mean)",
+                                   type=str)
     # A 5,000-word review is about 26 windows at the default stride: this admits a few such reviews per request.
     max_request_windows: int = option(128, "windows (sequences run) in one request before 413")
     max_concurrent_requests: int = option(512, "requests whose body is in and that are being served, before 429")
@@ -81,12 +85,13 @@ class ServiceSettings:
                 raise InputError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not (isinstance(self.port, int) and 1 <= self.port <= 65535):
             raise InputError(f"port must be between 1 and 65535, got {self.port}")
-        if self.long_text is not None:
-            from .long_text import check_strategy
+        from .long_text import check_strategy
 
-            check_strategy(self.long_text)
+        check_strategy(self.long_text or "truncate", self.aggregate or "mean")
         if self.stride is not None and self.stride < 1:
             raise InputError(f"stride must be positive, got {self.stride}")
+        if self.window is not None and self.window < 3:
+            raise InputError(f"window must leave room for [CLS], a token and [SEP], got {self.window}")
         if self.max_request_texts > self.max_queue_texts:
             raise InputError("max_request_texts cannot exceed max_queue_texts: such a request could never run")
         object.__setattr__(self, "allowed_hosts", tuple(self.allowed_hosts))
