@@ -33,7 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
-from results import RESULTS, write_section  # benchmarks/results.py
+from results import RESULTS, cpu_name, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -450,8 +450,7 @@ def main() -> None:
     errors = sum(run["errors"].values())
     mib = 1 << 20
     command_line = "python benchmarks/load.py " + " ".join(sys.argv[1:])
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     complete = run["requests"] == len(measured)
     report = f"""## HTTP service under load
 

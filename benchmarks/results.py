@@ -7,6 +7,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+def _cpuinfo(field: str) -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(field)), None)
+
+
+def cpu_name() -> str:
+    """The processor's model name (e.g. "AMD EPYC"), as every benchmark states where it ran."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The flags that choose ONNX Runtime's int8 kernel (see distilsent/onnx_graph.py): VNNI or not."""
+    flags = (_cpuinfo("flags") or "").split()
+    if not flags:
+        return "flags unknown"
+    return " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if f in flags) or "no AVX2"
+
+
 def write_section(name: str, text: str, path: Path = RESULTS) -> None:
     """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->``, or append the section."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import write_section  # benchmarks/results.py
+from results import cpu_flags, cpu_name, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -181,9 +180,8 @@ def main() -> None:
 
     from distilsent import Classifier
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+    cpu = cpu_name()
+    vnni = "avx512_vnni" in cpu_flags()
     setting = (f"CPU: {cpu}, {os.cpu_count()} cores{' (AVX-512 VNNI)' if vnni else ''}; model: "
                f"{'embedded model, int8 export' if args.model is None else args.model}; other work may have "
                "shared the CPU.")

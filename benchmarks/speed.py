@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from results import RESULTS, write_section  # benchmarks/results.py
+from results import RESULTS, cpu_flags, cpu_name, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -198,23 +198,9 @@ def machine(threads: int) -> str:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{cpu} ({cpu_flags()}), {os.cpu_count()} logical CPUs, {threads} threads; Python "
+    return (f"{cpu_name()} ({cpu_flags()}), {os.cpu_count()} logical CPUs, {threads} threads; Python "
             f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
             f"onnxruntime {onnxruntime.__version__}")
-
-
-def cpu_flags() -> str:
-    """The flags that choose ONNX Runtime's int8 kernel (see distilsent/onnx_graph.py): VNNI or not."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return "flags unknown"
-    return " ".join(f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni") if f in flags) or "no AVX2"
 
 
 def table(size: str, rows: dict[str, dict], peak: float) -> list[str]:

@@ -32,6 +32,7 @@ import argparse
 import csv
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -219,18 +220,9 @@ def stage_finetune(results: dict, only: list[str] | None) -> None:
             print(name, method, record, flush=True)
 
 
-def cpu() -> str:
-    import os
-
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "CPU")
-    vnni = " with avx512_vnni" if "avx512_vnni" in info else ""
-    return f"{os.cpu_count()} cores of {name}{vnni}"
-
-
 def stage_report(results: dict) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from results import write_section
+    from results import cpu_flags, cpu_name, write_section
 
     fewshot, default, finetune = results["fewshot"], results.get("default", {}), results.get("finetune", {})
     lines = [
@@ -282,7 +274,7 @@ def stage_report(results: dict) -> None:
                   f"{t['classify']:.1f} texts/s, embed (CLS) {t['embed_cls']:.1f} texts/s "
                   f"({t['embed_cls'] / t['classify']:.2f}x), embed (mean) {t['embed_mean']:.1f} texts/s "
                   f"({t['embed_mean'] / t['classify']:.2f}x)."]
-    lines += ["", f"{cpu()}, shared with other jobs. Reproduce: `python benchmarks/transfer.py "
+    lines += ["", f"{os.cpu_count()} cores of {cpu_name()}{' with avx512_vnni' if 'avx512_vnni' in cpu_flags() else ''}, shared with other jobs. Reproduce: `python benchmarks/transfer.py "
               "features && python benchmarks/transfer.py finetune && python benchmarks/transfer.py report`."]
     write_section("transfer", "\n".join(lines))
     print("\n".join(lines))

@@ -60,7 +60,6 @@ def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, se
     if not len(confidence):
         return 0.0
     where = _bin_index(confidence, bins)
-    count = np.bincount(where, minlength=bins)
     stated = np.bincount(where, weights=confidence, minlength=bins)
     rng = np.random.default_rng(seed)
     total = 0.0
