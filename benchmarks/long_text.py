@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from results import write_section  # benchmarks/results.py
+from results import cpu_flags, cpu_name, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -70,6 +69,8 @@ def cost(clf, texts, stride, repeats, widths=()):
 def measure(clf, name, examples, stride, widths=()):
     """Rows of accuracy and texts/s per strategy; ``widths``: also windows of these many tokens (stride half
     of one), which split the texts shorter than the model's limit too, so those are run for them as well."""
+    from distilsent.evaluate import metrics
+
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
     lengths = np.array([len(ids) for ids in clf.tokenizer.encode(texts, 10**9)])
@@ -87,6 +88,8 @@ def measure(clf, name, examples, stride, widths=()):
         for how in ("mean", "max") if strategy == "window" else ("mean",):
             right_long = probs[how].argmax(1) == labels[long]
             right_short = short_probs[how].argmax(1) == labels[short]
+            every = np.empty((len(texts), len(clf.labels)))
+            every[long], every[short] = probs[how], short_probs[how]
             rows.append({
                 "data": name, "strategy": strategy + suffix + (f" {how}" if strategy == "window" else ""),
                 "long": len(long), "all": len(texts),
@@ -94,6 +97,7 @@ def measure(clf, name, examples, stride, widths=()):
                 "acc_all": float((right_long.sum() + right_short.sum()) / len(texts)),
                 "tps_long": len(long) / seconds if len(long) else float("nan"),
                 "tps_all": len(texts) / (seconds + short_seconds),
+                "ece_all": metrics(labels, every, clf.labels)["ece"],
                 "sequences": sequences, "tokens": tokens, "seconds": seconds,
             })
     return rows
@@ -129,7 +133,7 @@ def main() -> int:
     cost_lines = [
         f"Windowing cost, {min(len(long_texts), args.cost_texts)} IMDb texts over {clf.max_length} tokens, "
         f"best of {args.repeats} alternating runs (ideal: seconds in proportion to tokens run; efficiency = "
-        f"tokens ratio / seconds ratio, against truncation). CPU: {platform.processor() or platform.machine()}, "
+        f"tokens ratio / seconds ratio, against truncation). CPU: {cpu_name()} ({cpu_flags()}), "
         f"{os.cpu_count()} cores.", "",
         "| reading | tokens | tokens ratio | seconds | seconds ratio | efficiency |",
         "|---|---|---|---|---|---|",
@@ -153,21 +157,21 @@ def main() -> int:
         for row in measured:
             print(f"{row['data']:<32} {row['strategy']:<16} acc>512 {row['acc_long']:.4f} ({row['long']})  "
                   f"acc all {row['acc_all']:.4f} ({row['all']})  texts/s >512 {row['tps_long']:.2f}  "
-                  f"all {row['tps_all']:.2f}", flush=True)
+                  f"all {row['tps_all']:.2f}  ECE {row['ece_all']:.4f}", flush=True)
 
     lines = [
         f"Model: {clf.name}; window stride {args.stride or (clf.max_length - 2) // 2} tokens; head_tail "
-        f"128 + {clf.max_length - 2 - 128}. CPU: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work while measured). Texts <= {clf.max_length} tokens are "
+        f"128 + {clf.max_length - 2 - 128}. CPU: {cpu_name()} ({cpu_flags()}), "
+        f"{os.cpu_count()} cores. Texts <= {clf.max_length} tokens are "
         "the same single sequence under truncate, head_tail and window: run once, their time shared; "
         "`window N` reads every text in windows of N tokens (stride N/2), the short ones included.",
         "",
-        "| data | strategy | accuracy > 512 tokens (n) | accuracy all (n) | texts/s > 512 | texts/s all |",
-        "|---|---|---|---|---|---|",
+        "| data | strategy | accuracy > 512 tokens (n) | accuracy all (n) | ECE all | texts/s > 512 | texts/s all |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['data']} | {r['strategy']} | {r['acc_long']:.4f} ({r['long']}) | {r['acc_all']:.4f} ({r['all']}) "
-        f"| {r['tps_long']:.2f} | {r['tps_all']:.2f} |"
+        f"| {r['ece_all']:.4f} | {r['tps_long']:.2f} | {r['tps_all']:.2f} |"
         for r in rows
     ]
     labels = np.array([e.label for e in long_examples])
