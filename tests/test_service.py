@@ -880,7 +880,8 @@ def test_openapi_lists_the_real_error_codes_metrics_as_text_and_one_api_per_body
             components = schema["components"]["schemas"]
             assert set(components["HuggingFaceRequest"]["properties"]) == {"inputs", "parameters", "options"}
             assert set(components["TeiRequest"]["properties"]) == {"inputs", "raw_scores", "truncate", "long_text",
-                                                                     "stride", "aggregate"}
+                                                                     "window", "stride", "aggregate"}
+            assert "window" in components["Parameters"]["properties"]
             assert all(components[n]["additionalProperties"] is False for n in ("HuggingFaceRequest", "TeiRequest"))
             metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
             assert list(metrics) == ["text/plain; version=1.0.0; charset=utf-8"] or all("text/plain" in k for k in metrics)
