@@ -98,6 +98,29 @@ def test_calibrate_writes_a_model_and_its_card(tiny_model_dir, tmp_path):
                                rtol=1e-4, atol=1e-4)
 
 
+def test_windows_fit_what_the_classifier_reports(tiny_model_dir):
+    """With "max" a text's score is its most confident window's, so that window is the text's one example;
+    with "mean" every window is an example carrying its text's label."""
+    from distilsent.calibration import fit
+    from distilsent.data import Example
+    from distilsent.long_text import most_confident
+
+    long = [" ".join([t] * 12) for t in TEXTS]
+    examples = [Example(t, y) for t, y in zip(long, [1, 0, 0, 1, 0, 1])]
+    reading = {"long_text": "window", "window": 16}
+    clf = Classifier.load(tiny_model_dir, aggregate="max", **reading)
+    window_plan = clf.windows(long)
+    logits = clf.run(window_plan.sequences)
+    assert len(logits) > 2 * len(long)
+    fitted = fit(clf, examples, "long.tsv")
+    chosen = logits[most_confident(softmax(logits), window_plan, len(long))]
+    assert fitted.examples == len(long)
+    assert fitted.temperature == pytest.approx(fit_temperature(chosen, np.array([1, 0, 0, 1, 0, 1])))
+    np.testing.assert_allclose(softmax(chosen), clf.scores(clf.logits(long), "softmax"), rtol=1e-5)
+    mean = fit(Classifier.load(tiny_model_dir, aggregate="mean", **reading), examples, "long.tsv")
+    assert mean.examples == len(logits)
+
+
 def test_calibration_section_is_replaced_not_repeated():
     fitted = measure(np.array([[2.0, -1.0], [0.5, 1.0]]), np.array([0, 1]), ["NEGATIVE", "POSITIVE"], "a.tsv")
     card = "# m\n\n## Training\n\nx\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError, InputError, MissingDependencyError
+from .long_text import most_confident
 
 HEAD = ("classifier.weight", "classifier.bias")
 # Files a calibrated directory must not inherit: the weights are rewritten, and a graph exported from the
@@ -175,14 +176,22 @@ def with_section(card: str, section: str) -> str:
 
 
 def fit(classifier, examples, data: str) -> Calibration:
-    """Fit ``T`` for ``classifier`` on labelled ``examples`` read with its long-text strategy; with windows,
-    each window is one example with its text's label (``T`` belongs to the model, which scores one window
-    at a time)."""
+    """Fit ``T`` for ``classifier`` on labelled ``examples`` read with its long-text strategy. With windows
+    aggregated by ``"max"``, each text's most confident window is its example: the score the classifier
+    reports is that window's (dividing by ``T`` keeps which window that is, exactly for two labels); with
+    ``"mean"``, each window is one example with its text's label (``T`` belongs to the model, which scores
+    one window at a time)."""
+    from .classifier import softmax
+
     if len(classifier.labels) < 2 or classifier.default_function != "softmax":
         raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
     window_plan = classifier.windows([e.text for e in examples])
     logits = classifier.run(window_plan.sequences)
-    labels = np.array([e.label for e in examples])[window_plan.owner]
+    labels = np.array([e.label for e in examples])
+    if classifier.aggregate == "max" and len(window_plan.sequences) != len(examples):
+        logits = logits[most_confident(softmax(logits), window_plan, len(examples))]
+    else:
+        labels = labels[window_plan.owner]
     return measure(logits, labels, classifier.labels, data)
 
 

@@ -163,8 +163,13 @@ def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: st
         totals = np.bincount(owner, weights=weights, minlength=n_texts)
         out /= totals[:, None]
     else:
-        # Sorted by text, then by confidence: each text's most confident window is the last of its run.
-        order = np.lexsort((scores.max(axis=1), owner))
-        best = order[np.cumsum(np.bincount(owner, minlength=n_texts)) - 1]
-        out = scores[best].astype(np.float64)
+        out = scores[most_confident(scores, window_plan, n_texts)].astype(np.float64)
     return out.astype(scores.dtype)
+
+
+def most_confident(scores: np.ndarray, window_plan: WindowPlan, n_texts: int) -> np.ndarray:
+    """(n_texts,) the index of each text's window whose top score is highest (what ``"max"`` reports)."""
+    owner = window_plan.owner
+    # Sorted by text, then by confidence: each text's most confident window is the last of its run.
+    order = np.lexsort((np.asarray(scores).max(axis=1), owner))
+    return order[np.cumsum(np.bincount(owner, minlength=n_texts)) - 1]
