@@ -274,8 +274,10 @@ def stage_report(results: dict) -> None:
                   f"{t['classify']:.1f} texts/s, embed (CLS) {t['embed_cls']:.1f} texts/s "
                   f"({t['embed_cls'] / t['classify']:.2f}x), embed (mean) {t['embed_mean']:.1f} texts/s "
                   f"({t['embed_mean'] / t['classify']:.2f}x)."]
-    lines += ["", f"{os.cpu_count()} cores of {cpu_name()}{' with avx512_vnni' if 'avx512_vnni' in cpu_flags() else ''}, shared with other jobs. Reproduce: `python benchmarks/transfer.py "
-              "features && python benchmarks/transfer.py finetune && python benchmarks/transfer.py report`."]
+    vnni = " with avx512_vnni" if "avx512_vnni" in cpu_flags() else ""
+    lines += ["", f"{os.cpu_count()} cores of {cpu_name()}{vnni}, shared with other jobs. Reproduce: "
+              "`python benchmarks/transfer.py features && python benchmarks/transfer.py finetune && "
+              "python benchmarks/transfer.py report`."]
     write_section("transfer", "\n".join(lines))
     print("\n".join(lines))
     plot(results)

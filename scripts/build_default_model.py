@@ -264,7 +264,8 @@ def stage_ship(build: Build) -> dict:
         f"hard {distill_options().alpha_hard}; reviews have no teacher and learn from their labels. "
         "Checkpoints and the temperature were chosen on the selection split; SST-2 dev was only measured.\n\n"
         "Validation data, carved out of the training files: " + "; ".join(split["how"].values()) + ".\n\n"
-        f"| data (read as the command line reads: {DEFAULT_READING}) | accuracy | F1 | ECE | texts |\n|---|---|---|---|---|\n"
+        f"| data (read as the command line reads: {DEFAULT_READING}) | accuracy | F1 | ECE | texts |\n"
+        "|---|---|---|---|---|\n"
         + rows + "\n"
         f"The other run (`{other}`), uncalibrated: " + ", ".join(f"{n} {a:.4f}" for n, a in compared.items())
         + ".\n\nWall time of each stage on 2 CPU cores: "

@@ -370,8 +370,9 @@ class Classifier:
           for a single string that list itself, for a list of texts a list of such lists.
         - ``long_text``: ``"truncate"`` (the first ``max_length`` tokens), ``"head_tail"`` (the first
           ``head`` and the last ``max_length - 2 - head`` tokens) or ``"window"`` (every window of
-          ``window`` tokens, default ``max_length``, one every ``stride`` tokens, scores aggregated per text by ``aggregate``:
-          ``"mean"`` weighted by window tokens, or ``"max"``, the most confident window); see
+          ``window`` tokens, default ``max_length``, one every ``stride`` tokens, scores aggregated per
+          text by ``aggregate``: ``"mean"`` weighted by window tokens, or ``"max"``, the most confident
+          window); see
           :mod:`distilsent.long_text`. Defaults: the classifier's (``truncate``).
         - ``neutral_below=p`` (binary models): the label is ``NEUTRAL`` when the best score is below ``p``.
         - ``return_windows=True``: ``(results, windows)``, ``windows[i]`` listing text i's sequences as
