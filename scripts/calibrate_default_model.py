@@ -41,17 +41,17 @@ HELD_OUT, SEED = 1000, 11
 SHIPPED_STEP, SHIPPED_RUN_STEPS = 3500, 6315
 
 
+def word_runs(text: str):
+    """Every run of whole words of ``text`` (SST-2 separates words, punctuation included, by spaces),
+    ``text`` itself among them."""
+    words = text.split(" ")
+    return (" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1))
+
+
 def whole_sentences(texts: set[str]) -> list[str]:
-    """The rows of SST-2 train that are no other row's phrase (SST-2 lists every phrase of a parse tree,
-    words separated by spaces), sorted."""
-    inner = set()
-    for text in texts:
-        words = text.split(" ")
-        for i in range(len(words)):
-            for j in range(i + 1, len(words) + (i > 0)):  # every run of words but the whole
-                phrase = " ".join(words[i:j])
-                if phrase in texts:
-                    inner.add(phrase)
+    """The rows of SST-2 train that are no other row's phrase (SST-2 lists every phrase of a parse tree),
+    sorted."""
+    inner = {run for text in texts for run in word_runs(text) if run != text and run in texts}
     return sorted(texts - inner)
 
 
@@ -61,10 +61,7 @@ def split(examples):
     sentences = whole_sentences({e.text for e in examples})
     rng = np.random.default_rng(SEED)
     held = {sentences[i] for i in rng.choice(len(sentences), HELD_OUT, replace=False)}
-    phrases = set()
-    for text in held:
-        words = text.split(" ")
-        phrases.update(" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1))
+    phrases = {run for text in held for run in word_runs(text)}
     first = {}
     for e in examples:
         if e.text in held:

@@ -26,25 +26,25 @@ def positive_index(labels: Sequence[str]) -> int:
     return upper.index("POSITIVE") if "POSITIVE" in upper else len(labels) - 1
 
 
+def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """The bin of each confidence: bin k holds ``(k / bins, (k + 1) / bins]`` (0 falls in the first)."""
+    return np.clip(np.ceil(np.asarray(confidence) * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
 def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    where = _bin_index(confidence, bins)
     out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (confidence > lo) & (confidence <= hi)
+    for k in range(bins):
+        inside = where == k
         count = int(inside.sum())
         out.append({
-            "low": float(lo),
-            "high": float(hi),
+            "low": k / bins,
+            "high": (k + 1) / bins,
             "count": count,
             "confidence": float(confidence[inside].mean()) if count else None,
             "accuracy": float(correct[inside].mean()) if count else None,
         })
     return out
-
-
-def _bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
-    """The bin of each confidence, bins ``(low, high]`` as in :func:`calibration_bins` (0 falls in the first)."""
-    return np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
 
 
 def ece_floor(confidence: np.ndarray, bins: int = ECE_BINS, draws: int = 200, seed: int = 0) -> float:
