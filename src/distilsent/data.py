@@ -1,8 +1,12 @@
 """Labelled examples from CSV, TSV, JSONL (also on stdin) and Parquet files.
 
 Columns are found by name (``sentence``/``text``/``review``..., ``label``/``sentiment``...) unless given.
-Labels may be integer ids or names (``positive``, ``neg``, ``NEGATIVE``...). A malformed row is a
-:class:`DataError` naming the file and line; nothing is skipped silently.
+Labels may be integer ids or names (``positive``, ``neg``, ``NEGATIVE``...), or any values a label mapping
+names (stars to binary: ``1,2=NEGATIVE 3=- 4,5=POSITIVE``). A malformed row is a :class:`DataError` naming
+the file and line; nothing is skipped silently (a mapping's ``-`` drops rows on purpose).
+
+Several files make one training set through :class:`Source` (a file, its sampling weight, columns and
+mapping); every example remembers its source, so evaluations can report each source beside the whole.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from .config import LABELS
 from .errors import DataError
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
-LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class")
+LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class", "stars", "rating")
 ALIASES = {"pos": "positive", "neg": "negative", "+": "positive", "-": "negative"}
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 
@@ -26,6 +30,62 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 class Example:
     text: str
     label: int
+    source: str | None = None  # the file (or split) it came from, for per-source figures and sampling weights
+
+
+DROP = "-"  # a label mapping's target for rows to leave out (3 stars of 5 in a binary set)
+
+
+def parse_label_map(spec: str) -> dict[str, str]:
+    """``"1,2=NEGATIVE 3=- 4,5=POSITIVE"`` (spaces or ``;`` between groups) -> ``{"1": "NEGATIVE", ...}``.
+
+    Keys are the file's raw label values as text; ``-`` drops the rows with that value."""
+    mapping: dict[str, str] = {}
+    for group in spec.replace(";", " ").split():
+        values, sep, target = group.partition("=")
+        target = target.strip()
+        if not sep or not values.strip() or not target:
+            raise DataError(f"label map {spec!r}: expected VALUES=LABEL groups such as '1,2=NEGATIVE 3=-', "
+                            f"got {group!r}")
+        for value in values.split(","):
+            if value.strip() in mapping:
+                raise DataError(f"label map {spec!r}: {value.strip()!r} is mapped twice")
+            mapping[value.strip()] = target
+    if not mapping:
+        raise DataError(f"label map {spec!r} maps nothing")
+    return mapping
+
+
+@dataclass(frozen=True)
+class Source:
+    """One training file: its sampling weight (1 = each row once per epoch; 0.5 = a random half each epoch;
+    2 = twice), its columns (found by name when not given) and an optional label mapping."""
+
+    path: str
+    weight: float = 1.0
+    label_map: dict[str, str] | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    fmt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0 or self.weight != self.weight or self.weight == float("inf"):
+            raise DataError(f"{self.path}: the sampling weight must be a positive number, got {self.weight}")
+
+    @classmethod
+    def parse(cls, spec: str, **options) -> "Source":
+        """``FILE`` or ``FILE:WEIGHT`` (a file whose own name ends in ``:number`` is taken whole when it exists)."""
+        path, sep, weight = spec.rpartition(":")
+        if sep and path and not Path(spec).exists():
+            try:
+                return cls(path, float(weight), **options)
+            except ValueError:
+                pass
+        return cls(spec, **options)
+
+    @property
+    def name(self) -> str:
+        return "stdin" if self.path == "-" else Path(self.path).name
 
 
 def detect_format(path: str) -> str:
@@ -105,8 +165,13 @@ def read_examples(
     label_column: str | None = None,
     labels: Sequence[str] = LABELS,
     fmt: str | None = None,
+    label_map: dict[str, str] | None = None,
+    source: str | None = None,
 ) -> list[Example]:
-    """Every labelled example of a file (``-`` reads JSONL from stdin)."""
+    """Every labelled example of a file (``-`` reads JSONL from stdin), each with ``source`` as its source.
+
+    ``label_map`` maps the file's raw label values (as text) to label names or ids, or to ``-`` to drop the
+    row; a value it does not name is an error with its line."""
     path = str(path)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
@@ -128,14 +193,42 @@ def read_examples(
         text = record[text_key]
         if not isinstance(text, str):
             raise DataError(f"{where}: the text is a {type(text).__name__}, expected a string")
+        value = record[label_key]
+        if label_map is not None:
+            key = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value).strip()
+            if key not in label_map:
+                raise DataError(f"{where}: label {value!r} is not in the label map ({', '.join(label_map)})")
+            if label_map[key] == DROP:
+                continue
+            value = label_map[key]
         try:
-            label = parse_label(record[label_key], labels)
+            label = parse_label(value, labels)
         except ValueError as e:
             raise DataError(f"{where}: {e}") from None
-        examples.append(Example(text, label))
+        examples.append(Example(text, label, source))
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def read_sources(sources: Sequence[Source], *, labels: Sequence[str] = LABELS) -> list[Example]:
+    """The examples of several files in order, each tagged with its file's name (``Source.name``; two files of
+    one name are told apart by their index)."""
+    names = [s.name for s in sources]
+    examples = []
+    for i, s in enumerate(sources):
+        name = s.name if names.count(s.name) == 1 else f"{s.name}#{i + 1}"
+        examples += read_examples(s.path, text_column=s.text_column, label_column=s.label_column, labels=labels,
+                                  fmt=s.fmt, label_map=s.label_map, source=name)
+    return examples
+
+
+def source_weights(sources: Sequence[Source], examples: Sequence[Example]) -> dict[str, float] | None:
+    """``{source name: weight}`` for :func:`distilsent.train.train`, or None when every weight is 1."""
+    if all(s.weight == 1.0 for s in sources):
+        return None
+    names = list(dict.fromkeys(e.source for e in examples))
+    return dict(zip(names, (s.weight for s in sources)))
 
 
 def columns(path: str | os.PathLike, *, fmt: str | None = None) -> list[str]:

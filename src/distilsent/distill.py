@@ -152,9 +152,10 @@ class Distillation:
 
         index = torch.from_numpy(np.asarray(batch))
         if self.teacher is None:
-            logits = model(ids, mask)  # (B, labels)
+            logits = model(ids, mask).float()  # (B, labels); float32 under bf16 autocast too
             return distillation_loss(logits, self.teacher_logits[index], self.labels[index], self.options)
         logits, hidden = model.forward_with_hidden_states(ids, mask)
+        logits, hidden = logits.float(), [h.float() for h in hidden]
         with torch.no_grad():
             teacher_hidden = self.teacher.distilbert(ids, mask)[-1]  # (B, T, D)
         return distillation_loss(logits, self.teacher_logits[index], self.labels[index], self.options,

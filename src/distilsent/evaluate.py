@@ -187,6 +187,12 @@ def evaluate(classifier, examples, *, batch_size: int | None = None, progress: b
     text_lengths = np.zeros(len(texts), dtype=np.int64)  # tokens of each text that were read
     np.maximum.at(text_lengths, window_plan.owner, window_plan.starts + np.array(lengths, dtype=np.int64))
     result = metrics(labels, probs, classifier.labels, text_lengths)
+    sources = np.array([e.source or "" for e in examples], dtype=object)
+    if sources.any():  # examples that know their file: the figures of each file too
+        result["per_source"] = {}
+        for name in dict.fromkeys(sources.tolist()):
+            inside = sources == name
+            result["per_source"][name] = metrics(labels[inside], probs[inside], classifier.labels)
     result["seconds"] = seconds
     result["examples_per_second"] = len(texts) / seconds if seconds > 0 else float("inf")
     return result

@@ -27,6 +27,28 @@ from .progress import Progress
 
 
 TRAIN_LONG_TEXT = ("truncate", "head_tail")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The flags of this machine's CPU (empty when /proc/cpuinfo cannot be read, as on macOS)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
+    """``"fp32"`` or ``"bf16"``: ``auto`` is bf16 where the CPU multiplies bfloat16 natively (AVX512_BF16 or
+    AMX), where autocast trains about 1.6x faster; elsewhere bf16 is emulated and slower than float32."""
+    if precision != "auto":
+        return precision
+    flags = cpu_flags() if flags is None else flags
+    return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,10 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None  # None: 2 * lora_rank
     lora_targets: tuple[str, ...] = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
+    # Arithmetic of the forward and backward passes: "bf16" runs them under bfloat16 autocast (weights, optimizer
+    # state and saved models stay float32); "auto" picks bf16 where the CPU has it (resolve_precision). Like
+    # threads, a speed choice: a run may be resumed in another precision.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "max_length", "group_size", "save_every"):
@@ -72,6 +98,8 @@ class TrainConfig:
                              f"got {self.long_text!r}")
         if self.head is not None and self.head < 0:
             raise InputError(f"head must be zero or more tokens, got {self.head}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 PRESETS = {
@@ -88,11 +116,52 @@ PRESETS = {
 # warning. A warm-up shorter than the run is the user's choice and is kept.
 WARMUP_CAP_FRACTION = 0.1
 
+# Settings that change how fast a run goes, not what it computes: a run may be resumed or repeated with others.
+RUN_TIME = ("threads", "precision")
+
 
 def run_steps(examples: int, config: TrainConfig) -> int:
     """Optimizer steps of a run: every epoch, or ``max_steps`` when that is fewer."""
     steps = math.ceil(examples / config.batch_size) * config.epochs
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def source_ids(examples: Sequence[Example], weights: dict[str, float] | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(source index of each example, weight of each source)`` for :func:`epoch_pool`; one source of weight 1
+    when no weights are given. A weight for a source no example has, or a source without a weight, is an error."""
+    if not weights:
+        return np.zeros(len(examples), dtype=np.int64), np.ones(1)
+    names = list(dict.fromkeys(e.source for e in examples))
+    missing = [str(n) for n in names if n not in weights]
+    unknown = [str(n) for n in weights if n not in names]
+    if missing or unknown:
+        raise InputError(f"sampling weights: no weight for {', '.join(missing) or '-'}; "
+                         f"no examples from {', '.join(unknown) or '-'}")
+    for name, w in weights.items():
+        if not w > 0 or not math.isfinite(w):
+            raise InputError(f"sampling weights: {name} has weight {w}, expected a positive number")
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[e.source] for e in examples]), np.array([float(weights[n]) for n in names])
+
+
+def epoch_size(source: np.ndarray, weight: np.ndarray) -> int:
+    """Examples drawn per epoch: each source's count times its weight, rounded."""
+    return int(sum(round(w * c) for w, c in zip(weight, np.bincount(source, minlength=len(weight)))))
+
+
+def epoch_pool(source: np.ndarray, weight: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The example indices of one epoch: ``round(weight x count)`` of each source, every example of a source
+    before any repeats, drawn without replacement within each pass (the same for the same seed and epoch)."""
+    if len(weight) == 1 and weight[0] == 1.0:
+        return np.arange(len(source))
+    rng = np.random.default_rng([seed, epoch, 1])
+    pool = []
+    for k, w in enumerate(weight):
+        members = np.flatnonzero(source == k)
+        want = round(w * len(members))
+        passes = [rng.permutation(members) for _ in range(-(-want // len(members)))]
+        pool.append(np.concatenate(passes)[:want] if passes else members[:0])
+    return np.concatenate(pool)
 
 
 def capped_warmup(config: TrainConfig, total_steps: int) -> TrainConfig:
@@ -199,16 +268,18 @@ def _dev_accuracy(model, tokenizer, dev: list[Example], config: TrainConfig) -> 
         model.train(was_training)
 
 
-def _finished_run(out: Path, config: TrainConfig, examples: int, objective: dict | None = None) -> dict | None:
+def _finished_run(out: Path, config: TrainConfig, examples: int, objective: dict | None = None,
+                  weights: dict[str, float] | None = None) -> dict | None:
     """The summary of a run that already finished in ``out`` with these settings and data (running the same
     command again does nothing), or ``None`` when there is none; another finished run there is an error."""
     if not (out / "metrics.json").is_file() or (out / "resume.pt").is_file():
         return None
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     asked = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the summary holds them
-    same = {k: v for k, v in summary.get("train_config", {}).items() if k != "threads"} == \
-        {k: v for k, v in asked.items() if k != "threads"}
-    if not same or summary.get("train_examples") != examples or summary.get("objective") != objective:
+    same = {k: v for k, v in summary.get("train_config", {}).items() if k not in RUN_TIME} == \
+        {k: v for k, v in asked.items() if k not in RUN_TIME}
+    if not same or summary.get("train_examples") != examples or summary.get("objective") != objective \
+            or summary.get("weights") != (weights or None):
         raise InputError(f"{out} holds a finished run with other settings or data; use a new output directory")
     return summary
 
@@ -233,6 +304,7 @@ def train(
     progress: bool = True,
     objective=None,
     stop_after: int | None = None,
+    weights: dict[str, float] | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place; keeps the best dev model in ``OUT/best`` and resumes from ``OUT/resume.pt``.
 
@@ -250,6 +322,9 @@ def train(
     ``objective`` replaces the cross-entropy on the labels (distillation, see distill.py): its
     ``loss(model, ids, mask, batch)`` gives a batch's loss from the (B, T) tensors and the examples' indices,
     and its ``settings`` (a JSON-able dict) join the settings a resumed or repeated run must share.
+
+    ``weights`` (``{source: weight}``, every :attr:`Example.source` named) samples each source by its weight in
+    every epoch (see :func:`epoch_pool`); evaluations then also report the dev accuracy of each source.
     """
     torch = _require_torch()
     import torch.nn.functional as F
@@ -261,7 +336,7 @@ def train(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"the output {out} is a file; a run writes a directory (best/, metrics.json, ...)")
-    finished = _finished_run(out, config, len(train_examples), objective.settings if objective else None)
+    finished = _finished_run(out, config, len(train_examples), objective.settings if objective else None, weights)
     if finished is not None:
         return finished
     try:
@@ -285,8 +360,10 @@ def train(
     n_labels = model.config.num_labels
     if int(labels.max()) >= n_labels:
         raise InputError(f"a label id is {int(labels.max())}, but the model has {n_labels} labels")
-    steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
-    total_steps = run_steps(len(sequences), config)
+    source, weight = source_ids(train_examples, weights)
+    per_epoch = epoch_size(source, weight)
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
+    total_steps = run_steps(per_epoch, config)
     schedule = capped_warmup(config, total_steps)
 
     # Weight decay on matrices only: biases and LayerNorm gains (all 1-D) are left alone, as usual.
@@ -301,9 +378,11 @@ def train(
 
     step, epoch, batch_index, best, history = 0, 0, 0, None, []
     resume_path = out / "resume.pt"
-    settings = dataclasses.asdict(dataclasses.replace(config, threads=None))
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_TIME}
     if objective is not None:
         settings["objective"] = objective.settings
+    if weights:
+        settings["weights"] = weights
     if resume_path.is_file():
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         if state["config"] != json.dumps(settings, sort_keys=True) or state["examples"] != len(sequences):
@@ -344,10 +423,14 @@ def train(
             result = _dev_accuracy(model, tokenizer, dev_examples, config)
             record = {"step": step, "epoch": step / steps_per_epoch, "weights": kind,
                       **{k: result[k] for k in ("accuracy", "precision", "recall", "f1", "macro_f1", "ece")}}
+            if "per_source" in result:
+                record["per_source"] = {name: m["accuracy"] for name, m in result["per_source"].items()}
             history.append(record)
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.write(f"step {step} {kind}: dev accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f}")
+            sources = "".join(f" {n} {a:.4f}" for n, a in record.get("per_source", {}).items())
+            bar.write(f"step {step} {kind}: dev accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f}"
+                      + (f" (by source:{sources})" if sources else ""))
             if best is None or result["accuracy"] > best["accuracy"]:
                 best = record
                 save_model(merged_copy(model), tokenizer, out / "best",
@@ -360,12 +443,15 @@ def train(
     def stopping() -> bool:
         return stop_after is not None and stop_after <= step < total_steps
 
+    precision = resolve_precision(config.precision)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     bar = Progress(total_steps, desc="train", unit="step", initial=step, enabled=progress)
     started, trained_examples, loss_avg = time.perf_counter(), 0, None
     try:
         while epoch < config.epochs and step < total_steps:
-            plan = epoch_batches(lengths, config, epoch)
+            pool = epoch_pool(source, weight, config.seed, epoch)
+            plan = [pool[b] for b in epoch_batches(lengths[pool], config, epoch)]
             while batch_index < len(plan) and step < total_steps and not stopping():
                 batch = plan[batch_index]
                 ids, mask = tokenizer.pad([sequences[i] for i in batch])
@@ -373,10 +459,11 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-                if objective is None:
-                    loss = F.cross_entropy(model(ids, mask), labels[batch])  # model(...): (B, labels)
-                else:
-                    loss = objective.loss(model, ids, mask, batch)
+                with autocast:
+                    if objective is None:
+                        loss = F.cross_entropy(model(ids, mask).float(), labels[batch])  # model(...): (B, labels)
+                    else:
+                        loss = objective.loss(model, ids, mask, batch)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -416,6 +503,9 @@ def train(
     summary = {
         "train_config": dataclasses.asdict(config),
         "train_examples": len(sequences),
+        "examples_per_epoch": per_epoch,
+        **({"weights": weights} if weights else {}),
+        "precision": precision,
         "steps": step,
         "warmup_steps": schedule.warmup_steps,
         "seconds_this_run": seconds,
