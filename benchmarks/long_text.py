@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from results import cpu_flags, cpu_name, write_section  # benchmarks/results.py
 
 ROOT = Path(__file__).resolve().parent.parent

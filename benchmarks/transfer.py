@@ -164,11 +164,10 @@ def throughput(clf, texts: list[str]) -> dict:
 
 
 def _finetune_child(task: dict, method: str, out_dir: str) -> dict:
+    import distilsent.lora
     from distilsent.checkpoint import default_model_dir
     from distilsent.data import Example
     from distilsent.train import TrainConfig, initial_model, train
-
-    import distilsent.lora
 
     # The peak of the training steps alone: read just before train() saves the final model.
     steps_peak_kb = []

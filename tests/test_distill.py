@@ -9,8 +9,18 @@ import distilsent.distill as distill_module
 from distilsent.checkpoint import load_model
 from distilsent.classifier import Classifier
 from distilsent.data import Example
-from distilsent.distill import (UNLABELLED, DistillConfig, PrecomputedTeacher, distill, distillation_loss, hard_loss,
-                                hidden_loss, read_distill_examples, soft_loss, taught_loss)
+from distilsent.distill import (
+    UNLABELLED,
+    DistillConfig,
+    PrecomputedTeacher,
+    distill,
+    distillation_loss,
+    hard_loss,
+    hidden_loss,
+    read_distill_examples,
+    soft_loss,
+    taught_loss,
+)
 from distilsent.errors import DistilsentError, InputError
 from distilsent.train import TrainConfig, initial_model, train
 

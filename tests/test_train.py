@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+import distilsent.train as train_module
 from distilsent.checkpoint import load_model
 from distilsent.data import Example
 from distilsent.errors import DistilsentError, DistilsentWarning, InputError
 from distilsent.train import PRESETS, TrainConfig, epoch_batches, initial_model, learning_rate, train
-import distilsent.train as train_module
 
 POSITIVE = ["good", "great", "fun", "best", "love"]
 NEGATIVE = ["bad", "awful", "boring", "worst", "hate"]

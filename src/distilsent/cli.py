@@ -290,8 +290,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_bias_probe(args: argparse.Namespace) -> None:
     from .classifier import Classifier
-    from .probe import BUILTIN, Probe, builtin_probe, read_templates, read_terms, run_probe, summary_markdown, \
-        update_card, write_report
+    from .probe import (
+        BUILTIN,
+        Probe,
+        builtin_probe,
+        read_templates,
+        read_terms,
+        run_probe,
+        summary_markdown,
+        update_card,
+        write_report,
+    )
 
     if args.templates or args.terms:
         country = builtin_probe("country")
@@ -444,9 +453,9 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .backends import BACKENDS
     from .config import LABELS
     from .data import FORMATS
-    from .backends import BACKENDS
     from .service_settings import ServiceSettings
 
     parser = argparse.ArgumentParser(

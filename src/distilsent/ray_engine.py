@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .bulk import REPORTED_ROWS, ScoreSettings, Scorer, text_problem
+from .bulk import REPORTED_ROWS, Scorer, ScoreSettings, text_problem
 from .data import TEXT_COLUMNS, detect_format, pick_column
 from .errors import DataError, DistilsentError, InputError, MissingDependencyError
 from .progress import Progress

@@ -41,7 +41,12 @@ from http import HTTPStatus
 from typing import Any, Literal, Union
 
 from .errors import (
-    BatcherFailure, CheckpointError, DistilsentError, InputError, MissingDependencyError, QueueFullError,
+    BatcherFailure,
+    CheckpointError,
+    DistilsentError,
+    InputError,
+    MissingDependencyError,
+    QueueFullError,
     ShuttingDownError,
 )
 

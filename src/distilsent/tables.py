@@ -24,6 +24,7 @@ from typing import IO, Any
 from .data import detect_format
 from .errors import DataError, MissingDependencyError
 
+
 def require_pyarrow():
     try:
         import pyarrow

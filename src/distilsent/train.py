@@ -25,7 +25,6 @@ from .errors import DistilsentError, DistilsentWarning, InputError, MissingDepen
 from .long_text import read as read_windows
 from .progress import Progress
 
-
 TRAIN_LONG_TEXT = ("truncate", "head_tail")
 PRECISIONS = ("auto", "fp32", "bf16")
 
