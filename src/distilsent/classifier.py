@@ -25,7 +25,7 @@ import numpy as np
 from .backends import BACKENDS, Backend, check_batch
 from .config import DistilBertConfig
 from .errors import CheckpointError, InputError
-from .long_text import WindowPlan, check_strategy
+from .long_text import Reading, WindowPlan, check_strategy
 from .long_text import aggregate as aggregate_windows
 from .long_text import read as read_windows
 from .tokenizer import Tokenizer
@@ -131,6 +131,9 @@ class Classifier:
     ) -> "Classifier":
         """Load a checkpoint directory, a Hub id, or (``None``) the embedded default model.
 
+        The long-text reading is the model's own when its ``config.json`` carries one (see
+        :func:`model_reading`) unless ``long_text`` is given; ``options`` that are None are not given.
+
         ``backend`` is a name in :data:`distilsent.backends.BACKENDS`: ``"onnx"`` (ONNX Runtime, no torch)
         runs the directory's ``model.onnx`` (what ``distilsent export`` writes, float32 or int8), else a
         graph built from the weights once and cached; ``"torch"`` runs the PyTorch reference model.
@@ -144,7 +147,15 @@ class Classifier:
         tokenizer = load_tokenizer(directory, config)
         runner = BACKENDS[backend].load(directory, config, threads)
         name = "distilsent-default" if directory == default_model_dir() else str(path_or_id)
-        return cls(runner, tokenizer, config, name=name, **options)
+        given = {k: v for k, v in options.items() if v is not None}
+        if "long_text" not in given:  # the model's own reading, under whatever parts of one were given
+            given = {**model_reading(config).options(), **given}
+        return cls(runner, tokenizer, config, name=name, **{k: v for k, v in given.items() if v is not None})
+
+    @property
+    def reading(self) -> Reading:
+        """How this classifier reads long texts by default (see :mod:`distilsent.long_text`)."""
+        return Reading(self.long_text, self.window, self.stride, self.head, self.aggregate)
 
     @property
     def labels(self) -> list[str]:
@@ -402,6 +413,13 @@ class Classifier:
             windows[owner].append({"start": int(start), "tokens": len(sequence) - 2, "label": self.labels[best],
                                    "score": row[best].item()})
         return results, windows
+
+
+def model_reading(config: DistilBertConfig) -> Reading:
+    """The reading a model carries in its config (``{"distilsent": {"reading": {...}}}``), or the pipeline's
+    truncation for a model that carries none."""
+    data = config.distilsent.get("reading")
+    return Reading() if data is None else Reading.from_dict(data)
 
 
 def format_scores(scores: np.ndarray, labels: Sequence[str], top_k: Any = _LEGACY, single: bool = False) -> list:

@@ -50,11 +50,6 @@ def _stdin_lines() -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-# How the command line reads long texts: chosen for the embedded default model on the IMDb selection split of
-# scripts/build_default_model.py (1,000 reviews; README "Long reviews"). That model was trained on SST-2 at
-# 128 tokens, and reads reviews best as 128-token windows, each judged alone, the surest one deciding:
-# 85.6% against 81.3% for head_tail (79.9% against 74.0% on the reviews over 512 tokens).
-DEFAULT_READING = {"long_text": "window", "window": 128, "aggregate": "max"}
 
 
 def _long_text(args: argparse.Namespace) -> dict:
@@ -72,19 +67,20 @@ def _probability(value: str) -> float:
 
 
 def long_text_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=DEFAULT_READING["long_text"],
+    """How long texts are read. Nothing given: the model's own reading (the one its config.json carries; the
+    embedded model's is 128-token windows, the surest deciding), else truncation; --long-text replaces it."""
+    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=None,
                    help="texts over the model's length (or --window): keep the first tokens, the first 128 + last "
-                        "382, or run every window and aggregate (default: window, with --window 128 and "
-                        "--aggregate max: the best reading of reviews for the embedded model, trained at 128 "
-                        "tokens; for a model trained on long texts try --window 512 or head_tail)")
-    p.add_argument("--window", type=_positive_int, default=DEFAULT_READING["window"], metavar="N",
+                        "382, or run every window and aggregate (default: the model's own reading from its "
+                        "config.json, else truncate)")
+    p.add_argument("--window", type=_positive_int, default=None, metavar="N",
                    help="with --long-text window: tokens per window, [CLS] and [SEP] included, at most the "
-                        f"model's (default: {DEFAULT_READING['window']})")
+                        "model's (default: the model's reading, else the model's maximum)")
     p.add_argument("--stride", type=_positive_int, default=None, metavar="N",
                    help="with --long-text window: a window starts every N tokens (default: half a window)")
-    p.add_argument("--aggregate", choices=("mean", "max"), default=DEFAULT_READING["aggregate"],
+    p.add_argument("--aggregate", choices=("mean", "max"), default=None,
                    help="with --long-text window: mean of the windows' scores weighted by their tokens, or "
-                        f"the most confident window (default: {DEFAULT_READING['aggregate']})")
+                        "the most confident window (default: the model's reading, else mean)")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -130,6 +126,20 @@ def _labels(value: str) -> tuple[str, ...]:
     return labels
 
 
+def _label_map(value: str) -> tuple[str, dict[str, str]]:
+    """``FILE=VALUES=LABEL;...`` -> (FILE, mapping); see :func:`distilsent.data.parse_label_map`."""
+    from .data import parse_label_map
+    from .errors import DataError
+
+    path, sep, spec = value.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"expected FILE=VALUES=LABEL;..., got {value!r}")
+    try:
+        return path, parse_label_map(spec)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _names(value: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in value.split(",") if name.strip())
     if not names:
@@ -144,24 +154,29 @@ def _train_config(args: argparse.Namespace, base, **more):
         "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
         "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
         "weight_decay": args.weight_decay, "max_steps": args.max_steps, "long_text": args.long_text,
-        "head": args.head, **more,
+        "head": args.head, "precision": args.precision, **more,
     }
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .data import read_examples
+    from .data import Source, read_examples, read_sources, source_weights
+    from .errors import InputError
     from .modelcard import model_card
     from .train import PRESETS, TrainConfig, initial_model, train
 
     config = _train_config(args, PRESETS[args.preset] if args.preset else TrainConfig(),
                            lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets)
-    columns = {"text_column": args.text_column, "label_column": args.label_column, "labels": args.labels,
-               "fmt": args.format}
-    train_examples = read_examples(args.train_file, **columns)
-    dev_examples = read_examples(args.dev, **columns) if args.dev else None
+    columns = {"text_column": args.text_column, "label_column": args.label_column, "fmt": args.format}
+    maps = dict(args.label_map or [])
+    sources = [Source.parse(spec, label_map=maps.pop(Source.parse(spec).path, None), **columns)
+               for spec in args.train_files]
+    if maps:
+        raise InputError(f"--label-map names {', '.join(maps)}, which is not a training file")
+    train_examples = read_sources(sources, labels=args.labels)
+    dev_examples = read_examples(args.dev, labels=args.labels, **columns) if args.dev else None
     model, tokenizer = initial_model(args.model, args.labels, config.seed)
-    files = [args.train_file] + ([args.dev] if args.dev else [])
+    files = [s.path for s in sources] + ([args.dev] if args.dev else [])
     data_files = [f for f in files if f != "-"]
 
     def card(model_config, metrics):
@@ -169,11 +184,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                           data_files=data_files, extra=f"Base model: `{args.model or 'all-MiniLM-L6-v2'}`.")
 
     summary = train(model, tokenizer, train_examples, dev_examples, config, args.out, card=card,
-                    progress=not args.quiet, stop_after=args.stop_after)
+                    progress=not args.quiet, stop_after=args.stop_after,
+                    weights=source_weights(sources, train_examples))
     if _stopped(summary, args):
         return
     print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"),
-                      "examples_per_second": summary["examples_per_second"]}))
+                      "examples_per_second": summary["examples_per_second"], "precision": summary["precision"]}))
 
 
 def _stopped(summary: dict, args: argparse.Namespace) -> bool:
@@ -226,14 +242,21 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from .classifier import Classifier
-    from .data import read_examples
+    from .data import Source, read_examples, read_sources
+    from .errors import InputError
     from .evaluate import evaluate, format_table, plot, pyplot
 
     if args.plots:
         pyplot()  # a missing matplotlib is reported now, not after the whole evaluation
     clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **_long_text(args))
-    examples = read_examples(args.file, text_column=args.text_column, label_column=args.label_column,
-                             labels=clf.labels, fmt=args.format)
+    columns = {"text_column": args.text_column, "label_column": args.label_column, "fmt": args.format}
+    maps = dict(args.label_map or [])
+    sources = [Source(path, label_map=maps.pop(path, None), **columns) for path in args.files]
+    if maps:
+        raise InputError(f"--label-map names {', '.join(maps)}, which is not a file to evaluate")
+    # One file is one source: its figures are the whole; several also get a table each.
+    examples = read_sources(sources, labels=clf.labels) if len(sources) > 1 else \
+        read_examples(sources[0].path, labels=clf.labels, label_map=sources[0].label_map, **columns)
     result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.quiet)
     if args.plots:
         result["plots"] = [str(p) for p in plot(result, args.plots)]
@@ -419,7 +442,8 @@ EXAMPLES = {
   distilsent train reviews.csv --dev dev.csv --out runs/imdb --preset imdb --model distilbert-base-uncased
   cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body
   distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4
-  distilsent train train.tsv --out runs/sliced --preset sst2 --stop-after 1000   # again later: it goes on""",
+  distilsent train train.tsv --out runs/sliced --preset sst2 --stop-after 1000   # again later: it goes on
+  distilsent train sst2.tsv:0.5 imdb.csv yelp.csv --label-map 'yelp.csv=1,2=NEGATIVE;3=-;4,5=POSITIVE' --out runs/mix""",
     "distill": """examples:
   distilsent distill train.tsv --teacher runs/big/best --out runs/student --dev dev.tsv --temperature 2
   distilsent distill reviews.txt --teacher runs/big/best --out runs/unlabelled --student runs/student/best
@@ -428,7 +452,8 @@ EXAMPLES = {
     "eval": """examples:
   distilsent eval default ../shared/data/sst2/dev.tsv
   distilsent eval runs/sst2/best dev.csv --json --plots plots/
-  distilsent eval default reviews.csv --long-text head_tail""",
+  distilsent eval default reviews.csv --long-text head_tail
+  distilsent eval default sst2-dev.tsv imdb-val.csv stars.csv --label-map 'stars.csv=1,2=NEGATIVE;3=-;4,5=POSITIVE'""",
     "calibrate": """examples:
   distilsent calibrate default held-out.csv --out ./calibrated      # then: distilsent predict --model ./calibrated
   distilsent calibrate ./my-model dev.tsv --out ./my-model-calibrated --long-text truncate""",
@@ -518,14 +543,25 @@ def build_parser() -> argparse.ArgumentParser:
                             "default) or the first --head and the last (head_tail, for reviews)")
         p.add_argument("--head", type=int, default=None, metavar="N",
                        help="head_tail: tokens kept from the start (default: a quarter of --max-length)")
+        p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                       help="arithmetic of training: bf16 autocast or float32 (default auto: bf16 where the CPU "
+                            "has AVX512_BF16 or AMX); saved weights are float32 either way")
+
+    def label_map_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--label-map", action="append", type=_label_map, metavar="FILE=VALUES=LABEL;...",
+                       help="map FILE's raw labels, e.g. 'stars.csv=1,2=NEGATIVE;3=-;4,5=POSITIVE' (- drops the "
+                            "rows; a value not mapped is an error); once per file")
 
     def data_columns(p: argparse.ArgumentParser) -> None:
         p.add_argument("--text-column", default=None, help="text column (default: sentence/text/review/...)")
         p.add_argument("--label-column", default=None, help="label column (default: label/sentiment/...)")
         data_format(p)
 
-    p = verb("train", "fine-tune on a labelled CSV/TSV/JSONL/Parquet file (- reads JSONL from stdin)")
-    p.add_argument("train_file", metavar="TRAIN_FILE")
+    p = verb("train", "fine-tune on labelled CSV/TSV/JSONL/Parquet files (- reads JSONL from stdin)")
+    p.add_argument("train_files", nargs="+", metavar="FILE[:WEIGHT]",
+                   help="training files; several make one mixture, each sampled WEIGHT times its rows per epoch "
+                        "(default 1; 0.5: a random half each epoch)")
+    label_map_option(p)
     p.add_argument("--dev", default=None, metavar="FILE", help="dev set: evaluated during training, best kept")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: best/, resume.pt, metrics.json")
     p.add_argument("--model", default=None,
@@ -576,9 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     quiet(p)
     p.set_defaults(run=cmd_distill)
 
-    p = verb("eval", "accuracy, precision, recall, F1, confusion matrix and calibration on a labelled file")
+    p = verb("eval", "accuracy, precision, recall, F1, confusion matrix and calibration on labelled files")
     p.add_argument("model", metavar="MODEL", help="checkpoint directory, Hub id, or 'default'")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("files", nargs="+", metavar="FILE", help="one or more labelled files; several are also "
+                                                               "reported one by one")
+    label_map_option(p)
     data_columns(p)
     p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="inference backend (default: onnx)")
     p.add_argument("--batch-size", type=_positive_int, default=None,

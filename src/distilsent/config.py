@@ -44,6 +44,9 @@ class DistilBertConfig:
     id2label: dict[int, str] = field(default_factory=_default_id2label)
     label2id: dict[str, int] = field(default_factory=dict)
     problem_type: str | None = None
+    # distilsent's own settings that travel with the model, in a block transformers ignores: {"reading": {...}},
+    # the long-text reading the model was made for (distilsent.long_text.Reading).
+    distilsent: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "max_position_embeddings", "n_layers", "n_heads", "dim", "hidden_dim"):
@@ -60,6 +63,8 @@ class DistilBertConfig:
                 raise ConfigError(f"config: {name} must be in [0, 1), got {value!r}")
         if self.problem_type not in PROBLEM_TYPES:
             raise ConfigError(f"config: problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if not isinstance(self.distilsent, dict):
+            raise ConfigError(f"config: distilsent must be an object, got {self.distilsent!r}")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"config: pad_token_id {self.pad_token_id} is outside the vocabulary")
         try:
@@ -134,6 +139,8 @@ class DistilBertConfig:
         data["id2label"] = {str(i): name for i, name in self.id2label.items()}
         if self.problem_type is None:
             del data["problem_type"]
+        if not self.distilsent:
+            del data["distilsent"]
         # What transformers needs to pick the right class when it loads what we save.
         data["model_type"] = "distilbert"
         data["architectures"] = ["DistilBertForSequenceClassification"]

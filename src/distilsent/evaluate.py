@@ -224,6 +224,12 @@ def format_table(result: dict) -> str:
         lines.append("label".ljust(width) + "precision  recall      f1  support")
         for c in result["per_class"]:
             lines.append(f"{c['label']:<{width}}{c['precision']:>9.4f}{c['recall']:>8.4f}{c['f1']:>8.4f}{c['support']:>9}")
+    if result.get("per_source"):
+        lines.append("")
+        width = max(len("source"), *(len(name) for name in result["per_source"])) + 2
+        lines.append("source".ljust(width) + "examples  accuracy      f1     ECE")
+        for name, m in result["per_source"].items():
+            lines.append(f"{name:<{width}}{m['examples']:>8}{m['accuracy']:>10.4f}{m['f1']:>8.4f}{m['ece']:>8.4f}")
     if result.get("accuracy_by_length"):
         lines.append("")
         lines.append("tokens     count  accuracy")

@@ -14,6 +14,9 @@ Three strategies, chosen per call (``Classifier(..., long_text=...)``):
   Windows narrower than the model's limit suit a model trained on short texts (the default model was
   trained on SST-2 at 128 tokens, and reads reviews best as 128-token windows: benchmarks/long_text.py).
 
+A model may carry the reading it was made for (:class:`Reading`, stored in its ``config.json``); it is then the
+default of ``Classifier.load`` and of every verb, and explicit arguments still win.
+
 Everything here works on token id lists that start with ``[CLS]`` and end with ``[SEP]``, as
 ``Tokenizer.encode(..., truncation=False)`` returns them, and on numpy score arrays; no model is run.
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 STRATEGIES = ("truncate", "head_tail", "window")
 AGGREGATIONS = ("mean", "max")
@@ -37,6 +40,46 @@ def check_strategy(strategy: str, aggregate: str = "mean") -> None:
         raise InputError(f"long_text must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if aggregate not in AGGREGATIONS:
         raise InputError(f"aggregate must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How texts longer than the model's window are read: a strategy with its window, stride, head and
+    aggregation, as the ``Classifier`` arguments of the same names take them (None: their defaults)."""
+
+    long_text: str = "truncate"
+    window: int | None = None
+    stride: int | None = None
+    head: int | None = None
+    aggregate: str = "mean"
+
+    def __post_init__(self) -> None:
+        check_strategy(self.long_text, self.aggregate)
+        for name in ("window", "stride", "head"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
+        if self.window is not None and self.window < 3:
+            raise InputError(f"window must leave room for [CLS], a token and [SEP], got {self.window}")
+
+    def options(self) -> dict:
+        """The ``Classifier`` keyword arguments of this reading."""
+        return {"long_text": self.long_text, "window": self.window, "stride": self.stride, "head": self.head,
+                "aggregate": self.aggregate}
+
+    def to_dict(self) -> dict:
+        """What ``config.json`` stores: the strategy and the settings that are not left to their defaults."""
+        return {k: v for k, v in self.options().items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data) -> "Reading":
+        if not isinstance(data, dict) or set(data) - set(cls().options()):
+            raise ConfigError(f"config: the distilsent reading must be an object with keys among "
+                              f"{', '.join(cls().options())}, got {data!r}")
+        try:
+            return cls(**data)
+        except InputError as e:
+            raise ConfigError(f"config: the distilsent reading: {e}") from None
 
 
 def truncate(ids: Sequence[int], max_length: int) -> list[int]:
