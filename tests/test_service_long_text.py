@@ -65,7 +65,8 @@ def test_server_default_strategy_applies_when_the_request_does_not_say(clf):
         async with running(lambda: clf, long_text="head_tail") as client:
             response = await client.post("/", json={"inputs": LONG})
             assert response.status_code == 200
-            close(response.json(), clf([LONG], long_text="head_tail"))
+            [labels] = response.json()  # one list per input, every label: the shape does not change
+            close(labels, clf(LONG, long_text="head_tail", top_k=None))
 
     asyncio.run(go())
 
@@ -121,18 +122,27 @@ def test_window_limit_per_request(clf):
 
 
 def test_neutral_below_request_parameter(clf):
+    def best(answer):  # one list per input, holding the best label alone
+        assert all(len(labels) == 1 for labels in answer), answer
+        return [labels[0]["label"] for labels in answer]
+
     async def go():
         async with running(lambda: clf) as client:
             texts = ["great fun", "awful bad"]
             response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 1.0}})
             assert response.status_code == 200
-            assert [d["label"] for d in response.json()] == ["NEUTRAL", "NEUTRAL"]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.0}})
-            assert [d["label"] for d in response.json()] == [d["label"] for d in clf(texts)]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.7,
-                                                                                      "top_k": None}})
+            assert best(response.json()) == ["NEUTRAL", "NEUTRAL"]
+            for parameters in ({"neutral_below": 0.0}, {"neutral_below": 0, "top_k": None}, {"neutral_below": 0.0,
+                                                                                              "top_k": 1}):
+                response = await client.post("/", json={"inputs": texts, "parameters": parameters})
+                assert response.status_code == 200, (parameters, response.text)
+                assert best(response.json()) == [d["label"] for d in clf(texts)]
+            [answer] = (await client.post("/", json={"inputs": "great fun", "parameters": {"neutral_below": 1}})).json()
+            assert answer == [{"label": "NEUTRAL", "score": clf("great fun")[0]["score"]}]  # the best score kept
+            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.7, "top_k": 2}})
             assert response.status_code == 422 and "one label" in response.json()["error"]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 1.5}})
-            assert response.status_code == 422
+            for bad in (1.5,):
+                response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": bad}})
+                assert response.status_code == 422 and "neutral_below" in response.json()["error"], response.text
 
     asyncio.run(go())

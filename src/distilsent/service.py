@@ -1,15 +1,17 @@
 """HTTP service: one model behind Hugging Face Inference API and TEI compatible routes, batched across requests.
 
 - ``POST /`` and ``POST /predict`` take ``{"inputs": str | [str], ...}`` as ``application/json``. A body
-  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered in the shapes
-  of ``pipeline("text-classification")``; a body with ``raw_scores`` or ``truncate`` is a
-  text-embeddings-inference (TEI) call and is answered as TEI does (every label, best first, per text).
-  distilsent adds ``long_text`` (truncate, head_tail, window), ``window``, ``stride`` and ``aggregate`` (mean, max) to
-  both bodies (in ``parameters``, or top-level in a TEI body), and ``neutral_below`` to ``parameters``;
-  without a ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows``
-  caps the sequences one request may run (413).
-  A body with neither gets the shape its route is known for: Hugging Face on ``/``, TEI on ``/predict``.
-  A body with both is invalid. A list of strings is always a batch of texts.
+  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered as the hosted
+  Inference API answers it: one list per input (a string is one input), every label sorted by score unless
+  ``top_k`` says how many (what ``huggingface_hub.InferenceClient.text_classification`` reads). A body with
+  ``raw_scores`` or ``truncate`` is a text-embeddings-inference (TEI) call and is answered as TEI does
+  (every label, best first, per text). distilsent adds ``long_text`` (truncate, head_tail, window),
+  ``window``, ``stride`` and ``aggregate`` (mean, max) to both bodies (in ``parameters``, or top-level in a
+  TEI body), and ``neutral_below`` to ``parameters``, without changing the answer's shape; without a
+  ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows`` caps the
+  sequences one request may run (413). A body with neither gets the shape its route is known for: Hugging
+  Face on ``/``, TEI on ``/predict``. A body with both is invalid. A list of strings is always a batch of
+  texts.
 - ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
   ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
   ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
@@ -56,7 +58,17 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        RootModel,
+        StrictBool,
+        StrictInt,
+        StrictStr,
+        TypeAdapter,
+        ValidationError,
+    )
     from starlette.exceptions import HTTPException
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError as e:
@@ -104,7 +116,8 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     top_k: StrictInt | None = Field(
-        default=None, ge=1, description="labels per text, best first; null: all. Absent: the best label only."
+        default=None, ge=1, description="labels per text, best first; absent or null: every label (the hosted "
+        "Inference API's default)"
     )
     function_to_apply: Literal[FUNCTIONS] | None = None  # type: ignore[valid-type]
     truncation: StrictBool = Field(default=False, description="cut texts over the maximum length instead of 422")
@@ -115,7 +128,7 @@ class Parameters(BaseModel):
     window: StrictInt | None = WINDOW
     neutral_below: float | None = Field(
         default=None, ge=0, le=1, description="distilsent: label NEUTRAL when the best score is below this "
-        "(binary models, one-best answers)",
+        "(binary models; each text's list then holds its best label only, so top_k may be absent, null or 1)",
     )
 
 
@@ -159,6 +172,23 @@ class ExplainRequest(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     error_type: str
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class HuggingFaceAnswer(RootModel[list[list[Label]]]):
+    """Hugging Face body: one list per input (a string is one input), every label sorted by score, or the
+    top_k best; with neutral_below the best label only, NEUTRAL inside the band."""
+
+
+class TeiAnswer(RootModel[Union[list[Label], list[list[Label]]]]):
+    """TEI body: every label sorted by score ({"score", "label"}); a list of texts gives one such list per text."""
+
+
+PredictAnswer = TypeAdapter(Union[HuggingFaceAnswer, TeiAnswer])
 
 
 class ServiceError(Exception):
@@ -452,7 +482,9 @@ class Service:
         texts = [body.inputs] if single else body.inputs
         s = self.settings
         if len(texts) > s.max_request_texts:
-            raise ServiceError(413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}")
+            raise ServiceError(
+                413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}"
+            )
         if style == "hf":
             parameters = getattr(body, "parameters", None) or Parameters()
             truncation, function = parameters.truncation, parameters.function_to_apply
@@ -465,22 +497,25 @@ class Service:
         long_text = {"long_text": strategy, "stride": reading.stride or s.stride, "window": reading.window or s.window}
         window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
         sequences = window_plan.sequences
-        if strategy and len(sequences) > s.max_request_windows:  # one sequence per text is max_request_texts' to limit
+        if strategy and len(sequences) > s.max_request_windows:  # one per text is max_request_texts' to limit
             raise ServiceError(413, "too_large", f"{len(sequences)} windows in one request, over the limit of "
                                f"{s.max_request_windows}; send fewer or shorter texts, or a larger stride")
         tokens = sum(len(sequence) for sequence in sequences)
         if tokens > s.max_queue_tokens:
-            raise ServiceError(413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}")
+            raise ServiceError(
+                413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}"
+            )
         logits = await self._submit(request, sequences)
         scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
                            reading.aggregate or s.aggregate or "mean")
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
-        neutral = {"neutral_below": parameters.neutral_below} if parameters.neutral_below is not None else {}
+        # The hosted Inference API's shape: one list per input, a string being one input (single=False).
+        top_k, neutral = parameters.top_k, {}
+        if parameters.neutral_below is not None:  # abstaining is a verdict on the best label: it alone is shown
+            top_k, neutral = top_k or 1, {"neutral_below": parameters.neutral_below}
         try:
-            if "top_k" not in parameters.model_fields_set:  # the pipeline's one-best shape
-                return classifier.format(scores, **neutral)
-            return classifier.format(scores, top_k=parameters.top_k, single=single, **neutral)
+            return classifier.format(scores, top_k=top_k, single=False, **neutral)
         except InputError as e:
             raise ServiceError(422, "validation", str(e)) from None
 
@@ -493,7 +528,10 @@ class Service:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise ServiceError(422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)") from None
+                raise ServiceError(
+                    422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)"
+                ) from None
+
         def work() -> WindowPlan:
             if long_text is None:
                 return WindowPlan.one_each(classifier.encode(texts, truncation=truncation))
@@ -580,9 +618,19 @@ ERROR_STATUSES = {
 }
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in ERROR_STATUSES.items()}
 EXAMPLES = {
-    "hf": {"inputs": "a gripping, beautiful film", "parameters": {"top_k": None}},
+    "hf": {"inputs": "a gripping, beautiful film", "parameters": {"top_k": 2}},
     "tei": {"inputs": ["a gripping, beautiful film", "dull"], "raw_scores": False, "truncate": True},
 }
+# What the embedded default model answers to the examples above (scores rounded).
+ANSWER_EXAMPLES = {
+    "hf": [[{"label": "POSITIVE", "score": 0.9876}, {"label": "NEGATIVE", "score": 0.0124}]],
+    "tei": [[{"score": 0.9876, "label": "POSITIVE"}, {"score": 0.0124, "label": "NEGATIVE"}],
+            [{"score": 0.9661, "label": "NEGATIVE"}, {"score": 0.0339, "label": "POSITIVE"}]],
+}
+ANSWER_DESCRIPTION = (
+    "Hugging Face body: as the hosted Inference API, one list per input (a string is one input), every label "
+    "sorted by score or the top_k best. TEI body: every label sorted by score; one such list per text for a list."
+)
 
 
 def create_app(settings: ServiceSettings | None = None, load: Callable[[], Classifier] | None = None) -> FastAPI:
@@ -636,19 +684,30 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
         # A bug, not the client's fault: still JSON, and the server goes on (uvicorn logs the traceback).
         return error_response(metrics, 500, "internal", "internal server error")
 
-    body_schema = PredictRequest.json_schema(ref_template="#/components/schemas/{model}")
-    body_definitions = body_schema.pop("$defs")
+    # The routes read their bodies themselves (the limits come first), so their schemas are given here.
+    definitions: dict = {}
 
-    def request_body(example: dict) -> dict:
-        content = {"application/json": {"schema": body_schema, "example": example}}
+    def schema_of(adapter: TypeAdapter) -> dict:
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        definitions.update(schema.pop("$defs", {}))
+        return schema
+
+    body_schema, answer_schema = schema_of(PredictRequest), schema_of(PredictAnswer)
+
+    def request_body(schema: dict, example: dict) -> dict:
+        content = {"application/json": {"schema": schema, "example": example}}
         return {"requestBody": {"required": True, "content": content}}
 
-    @app.post("/", responses=ERRORS, openapi_extra=request_body(EXAMPLES["hf"]))
+    def answers(api: str) -> dict:
+        content = {"application/json": {"schema": answer_schema, "example": ANSWER_EXAMPLES[api]}}
+        return {**ERRORS, 200: {"description": ANSWER_DESCRIPTION, "content": content}}
+
+    @app.post("/", responses=answers("hf"), openapi_extra=request_body(body_schema, EXAMPLES["hf"]))
     async def predict_hf(request: Request) -> Any:
         """Classify; Hugging Face Inference API shapes unless the body has TEI fields."""
         return JSONResponse(await service.predict(request, "hf"))
 
-    @app.post("/predict", responses=ERRORS, openapi_extra=request_body(EXAMPLES["tei"]))
+    @app.post("/predict", responses=answers("tei"), openapi_extra=request_body(body_schema, EXAMPLES["tei"]))
     async def predict_tei(request: Request) -> Any:
         """Classify; TEI shapes unless the body has Hugging Face fields."""
         return JSONResponse(await service.predict(request, "tei"))
@@ -676,7 +735,8 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
         try:
             body = ExplainRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            raise ServiceError(422, "validation", "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])) from None
+            message = "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])
+            raise ServiceError(422, "validation", message) from None
         try:
             return JSONResponse(await asyncio.to_thread(explain_for_page, classifier, body.inputs))
         except InputError as e:
@@ -689,12 +749,13 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
                          "description": "Prometheus text exposition format"}},
     )
     async def prometheus() -> Response:
-        return Response(prometheus_client.generate_latest(metrics.registry), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+        exposition = prometheus_client.generate_latest(metrics.registry)
+        return Response(exposition, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_definitions)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -827,10 +888,13 @@ def serve(settings: ServiceSettings, *, log_level: str = "info") -> None:
     else:
         del classifier  # checked; each worker loads its own
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-        config = uvicorn.Config("distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options)
+        config = uvicorn.Config(
+            "distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options
+        )
     config.header_timeout = settings.header_timeout
     address = f"[{settings.host}]" if ":" in settings.host else settings.host
-    log.info("listening on http://%s:%d (%d worker%s)", address, settings.port, settings.workers, "s"[: settings.workers - 1])
+    log.info("listening on http://%s:%d (%d worker%s)", address, settings.port, settings.workers,
+             "s"[: settings.workers - 1])
     server = uvicorn.Server(config)
     if settings.workers == 1:
         server.run(sockets=[sock])
