@@ -139,6 +139,7 @@ def raises(call, status: int, words: str) -> HfHubHTTPError:
 def test_errors_are_the_clients_exceptions_with_our_message(url):
     client = InferenceClient(model=url)
     raises(lambda: client.text_classification(TEXT, top_k=0), 422, "top_k")
+    raises(lambda: raw_request(client, {"text": "a", "text_pair": "b"}, {}), 422, "text pairs")
     raises(lambda: raw_request(client, ["fun"] * 9, {}), 413, "9 texts in one request")
     raises(lambda: InferenceClient(model=url + "/nope").text_classification(TEXT), 404, "Not Found")
 

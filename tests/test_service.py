@@ -249,6 +249,8 @@ BAD_BODIES = [
     b'{"inputs": "x", "parameters": {"function_to_apply": "relu"}}',
     b'{"inputs": "x", "parameters": {"truncation": "yes"}}',
     b'{"inputs": "x", "parameters": {"unknown": 1}}',
+    b'{"inputs": "x", "parameters": {"neutral_below": "0.99"}}',  # strict: a string is not a number
+    b'{"inputs": "x", "parameters": {"neutral_below": true}}',
     b'{"inputs": "x", "parameters": []}',
     b'{"inputs": "x", "raw_scores": 1}',
     b'{"inputs": "x", "parameters": {}, "truncate": true}',  # Hugging Face and TEI at once
@@ -384,6 +386,105 @@ def test_unknown_routes_and_methods_are_json_errors(clf):
             assert_error(await client.get("/nope"), 404, "not_found")
             assert_error(await client.delete("/"), 405, "method_not_allowed")
             assert_error(await client.get("/predict"), 405, "method_not_allowed")
+            for route in ("/health", "/info", "/metrics"):  # GET routes: 405 whatever the body, not a 415
+                for headers in ({}, {"content-type": "text/plain"}, JSON_HEADERS):
+                    response = await client.post(route, content=b"{}", headers=headers)
+                    assert_error(response, 405, "method_not_allowed")
+                    assert response.headers["allow"] == "GET"
+            assert_error(await client.post("/nope", content=b"x", headers={"content-type": "text/plain"}), 404,
+                         "not_found")
+
+    run(main())
+
+
+TEXT_PAIRS = [
+    {"inputs": {"text": "a great film", "text_pair": "it was"}},
+    {"inputs": [{"text": "a great film", "text_pair": "it was"}]},
+    {"inputs": ["fun", ["a great film", "it was"]]},
+    {"inputs": {"text": "a great film"}, "parameters": {}},
+    {"inputs": [["a great film", "it was"]], "truncate": True},
+]
+
+
+def test_text_pairs_get_one_line_saying_so(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            for body in TEXT_PAIRS:
+                for route in ("/", "/predict"):
+                    response = await client.post(route, json=body)
+                    assert_error(response, 422, "validation")
+                    assert response.json()["error"] == (
+                        'inputs: text pairs ({"text", "text_pair"}) are not supported; send a text or a list of texts'
+                    )
+            response = await client.post("/", json={"inputs": [1, 2]})  # not a pair: the usual account
+            assert "pair" not in response.json()["error"] and "valid string" in response.json()["error"]
+
+    run(main())
+
+
+def test_every_answer_says_nosniff_and_api_answers_no_store(clf):
+    async def main():
+        async with running(lambda: clf, max_body_bytes=100) as client:
+            answers = [
+                await client.post("/", json={"inputs": "fun"}),
+                await client.post("/predict", json={"inputs": "fun"}),
+                await client.get("/health"), await client.get("/info"), await client.get("/metrics"),
+                await client.get("/openapi.json"), await client.get("/docs"), await client.get("/ui"),
+                await client.post("/explain", json={"inputs": "fun"}),
+                await client.post("/", json={"inputs": 3}),  # 422 from the route
+                await client.post("/", content=b"x", headers={"content-type": "text/plain"}),  # 415 from the limits
+                await client.post("/", json={"inputs": "x" * 200}),  # 413 from the limits
+                await client.get("/nope"),
+                await client.get("/", headers={"host": "attacker.example"}),  # 400 from the limits
+            ]
+            for response in answers:
+                assert response.headers["x-content-type-options"] == "nosniff", response.request.url
+                assert response.headers["cache-control"] == "no-store", response.request.url
+            asset = next(s for s in re.findall(r'(?:src|href)="([^"]+)"', (await client.get("/docs")).text)
+                         if s.startswith("/docs/assets/"))
+            response = await client.get(asset)
+            assert response.status_code == 200 and response.headers["x-content-type-options"] == "nosniff"
+            assert "no-store" not in response.headers.get("cache-control", "")  # static: may be cached
+
+    run(main())
+
+
+def test_a_server_bug_is_a_json_500_with_the_same_headers(clf):
+    app = create_app(ServiceSettings(), load=lambda: clf)
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    async def main():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport,
+                                                                       base_url="http://localhost") as client:
+            await wait_ready(client)
+            app.state.service.info = broken
+            response = await client.get("/info")
+            assert_error(response, 500, "internal")
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["cache-control"] == "no-store"
+
+    run(main())
+
+
+def test_the_page_may_run_only_its_own_script_and_style_and_may_not_be_framed(clf):
+    import base64
+    import hashlib
+
+    async def main():
+        async with running(lambda: clf) as client:
+            response = await client.get("/ui")
+            assert response.headers["x-frame-options"] == "DENY"
+            policy = dict(d.strip().split(" ", 1) for d in response.headers["content-security-policy"].split(";"))
+            assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+            assert policy["connect-src"] == "'self'" and "unsafe" not in response.headers["content-security-policy"]
+            for tag in ("script", "style"):
+                [inline] = re.findall(rf"<{tag}>(.*?)</{tag}>", response.text, flags=re.DOTALL)
+                digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+                assert policy[f"{tag}-src"] == f"'sha256-{digest}'"
+            assert not re.search(r"<[a-z][^>]*\sstyle=", response.text)  # attributes are not covered by the hash
 
     run(main())
 
@@ -917,6 +1018,9 @@ def test_openapi_lists_the_real_error_codes_metrics_as_text_and_one_api_per_body
             hosted = components["HuggingFaceAnswer"]
             assert hosted["type"] == "array" and hosted["items"]["items"]["$ref"].endswith("/Label")
             assert set(components["Label"]["properties"]) == {"label", "score"}
+            explain = schema["paths"]["/explain"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            assert explain["$ref"].endswith("/ExplainRequest")
+            assert components["ExplainRequest"]["properties"]["inputs"]["type"] == "string"
             assert all(components[n]["additionalProperties"] is False for n in ("HuggingFaceRequest", "TeiRequest"))
             metrics = schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
             assert all("text/plain" in k for k in metrics)
@@ -962,6 +1066,23 @@ def uvicorn_server(app, **config):
         thread.join(30)
 
 
+def exchange(url: str, request: bytes) -> bytes:
+    """Send raw bytes on a new connection; the answer, read until its body is whole or the server closes."""
+    import socket as sockets
+
+    host, port = url.removeprefix("http://").split(":")
+    with sockets.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+            head, blank, body = answer.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if blank and length and len(body) >= int(length.group(1)):
+                break
+        return answer
+
+
 def test_uvicorn_protocol_closes_silent_sockets_and_refuses_huge_headers(clf):
     import socket as sockets
 
@@ -979,6 +1100,36 @@ def test_uvicorn_protocol_closes_silent_sockets_and_refuses_huge_headers(clf):
         with sockets.create_connection(("127.0.0.1", port), timeout=20) as fine:
             fine.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             assert fine.recv(100).startswith(b"HTTP/1.1 ")
+
+
+def test_headers_over_the_limit_are_431_even_when_they_arrive_whole(clf):
+    def head(size: int, before: bytes = b"") -> bytes:
+        start = before + b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: "
+        return start + b"a" * (size - len(start) - 4 - len(before)) + b"\r\n\r\n"
+
+    def status(answer: bytes) -> int:
+        return int(answer.split(b" ", 2)[1])
+
+    app = create_app(ServiceSettings(), load=lambda: clf)
+    with uvicorn_server(app) as url:  # the default limit: 65,536 bytes
+        for _ in range(500):
+            if b"200 OK" in exchange(url, b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"):
+                break
+            threading.Event().wait(0.01)
+        for request in (head(70_000), head(65_537), head(70_000, before=b"\r\n\r\n\r\n")):
+            answer = exchange(url, request)  # whole: complete headers in one read
+            assert status(answer) == 431, answer[:200]
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert body == {"error": "request headers over the size limit", "error_type": "headers_too_large"}
+            assert b"x-content-type-options: nosniff" in answer.lower()
+        assert status(exchange(url, head(65_536))) == 200  # at the limit
+        # A small head with a large body in the same read: the body is not the head's
+        body = json.dumps({"inputs": ["a great film"] * 7000}).encode()
+        request = (b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        assert len(body) > 65_536 and status(exchange(url, request)) == 413  # too many texts, not 431
+        answer = exchange(url, b"GET / HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n")
+        assert status(answer) == 400 and json.loads(answer.split(b"\r\n\r\n", 1)[1])["error_type"] == "bad_request"
 
 
 # --------------------------------------------------------------------------------------------- serve

@@ -154,6 +154,15 @@ def test_the_abstain_band_answers_neutral_as_the_service_does(server, browser):
     page.close()
 
 
+def test_no_other_site_can_frame_the_page(server, browser):
+    page = browser.new_page()
+    page.set_content(f'<iframe id="framed" src="{server}/ui" width="600" height="400"></iframe>')
+    page.wait_for_load_state("load")
+    [framed] = [frame for frame in page.frames if frame != page.main_frame]
+    assert framed.locator("#classify").count() == 0  # refused: frame-ancestors 'none' and X-Frame-Options DENY
+    page.close()
+
+
 def test_errors_are_shown_on_the_page(server, browser):
     page = browser.new_page()
     page.goto(server + "/ui")
