@@ -140,7 +140,7 @@ async def drive(port: int, requests, concurrency: int, deadline: float, run: dic
             result = json.loads(answer)
             if status != 200:
                 errors[str(status)] = errors.get(str(status), 0) + 1
-            elif len(result) != n and not (n == 1 and route == "/predict"):  # TEI: one text -> its ranked labels
+            elif not answer_shape_ok(route, result, n):
                 errors["wrong shape"] = errors.get("wrong shape", 0) + 1
             else:
                 run["texts"] += n
@@ -150,6 +150,14 @@ async def drive(port: int, requests, concurrency: int, deadline: float, run: dic
     await asyncio.gather(*(client() for _ in range(concurrency)))
     run["seconds"] += time.perf_counter() - started
     run["client_cpu"] += time.process_time() - cpu
+
+
+def answer_shape_ok(route: str, result, n: int) -> bool:
+    """Hugging Face bodies (on /): one list of labels per input, as the hosted Inference API answers. TEI
+    bodies (on /predict): one text gives its ranked labels, a list of texts one such list per text."""
+    if route == "/predict" and result and isinstance(result[0], dict):
+        return n == 1 and all(isinstance(label, dict) for label in result)
+    return len(result) == n and all(isinstance(labels, list) for labels in result)
 
 
 def new_run() -> dict:
@@ -253,7 +261,8 @@ async def token_bombs(port: int, pid: int, long: list[str]) -> dict:
             peak["rss"] = max(peak["rss"], rss_bytes(pid))
             await asyncio.sleep(0.02)
 
-    one_mib = json.dumps({"inputs": "a gripping, beautiful film. " * 37_000, "parameters": {"truncation": True}}).encode()
+    one_mib = json.dumps({"inputs": "a gripping, beautiful film. " * 37_000,
+                          "parameters": {"truncation": True}}).encode()
     big = json.dumps({"inputs": long, "parameters": {"truncation": True}}).encode()
     word = json.dumps({"inputs": "great"}).encode()
     rss_before = rss_bytes(pid)
@@ -367,21 +376,29 @@ def attack_report(command: list[str], log, slow_count: int, requests) -> str:
     rss = lambda values: " / ".join(f"{v / mib:.0f}" for v in values)  # noqa: E731
     big_status, big_seconds, big_texts = bombs["big"]
     word_status, word_seconds = bombs["word"]
-    return f"""| **slow clients** (fresh server): {slow_count} connections sending a body at 0.5 byte/s | answered {slow['slow']} after {slow['slow_seconds']:.1f} s | 408 within --body-timeout |
-| ordinary requests sent meanwhile by 8 clients | {slow['ok']} of {slow['sent']} answered 200 (errors {slow['errors'] or 0}), p99 {slow['p99'] * 1000:.0f} ms | all 200 |
-| server RSS before / during / after the slow clients | {rss(slow['rss'])} MiB | |
-| **token bombs**: 8 requests of one 1 MiB text at once (truncation) | statuses {bombs['bombs']}, slowest {bombs['bomb_seconds']:.2f} s | 200 |
-| one request of {big_texts} texts of 512 tokens | {big_status} in {big_seconds:.1f} s | |
-| a one-word request sent 0.5 s after it | {word_status} in {word_seconds:.2f} s | not behind the whole big request |
-| the big request abandoned by its client after 0.5 s | server holds no tokens {bombs['freed_seconds']:.1f} s after the hang-up | |
-| server RSS before / peak / after the bombs | {rss(bombs['rss'])} MiB | |
-"""
+    rows = [
+        f"| **slow clients** (fresh server): {slow_count} connections sending a body at 0.5 byte/s "
+        f"| answered {slow['slow']} after {slow['slow_seconds']:.1f} s | 408 within --body-timeout |",
+        f"| ordinary requests sent meanwhile by 8 clients | {slow['ok']} of {slow['sent']} answered 200 "
+        f"(errors {slow['errors'] or 0}), p99 {slow['p99'] * 1000:.0f} ms | all 200 |",
+        f"| server RSS before / during / after the slow clients | {rss(slow['rss'])} MiB | |",
+        f"| **token bombs**: 8 requests of one 1 MiB text at once (truncation) | statuses {bombs['bombs']}, "
+        f"slowest {bombs['bomb_seconds']:.2f} s | 200 |",
+        f"| one request of {big_texts} texts of 512 tokens | {big_status} in {big_seconds:.1f} s | |",
+        f"| a one-word request sent 0.5 s after it | {word_status} in {word_seconds:.2f} s "
+        "| not behind the whole big request |",
+        f"| the big request abandoned by its client after 0.5 s | server holds no tokens "
+        f"{bombs['freed_seconds']:.1f} s after the hang-up | |",
+        f"| server RSS before / peak / after the bombs | {rss(bombs['rss'])} MiB | |",
+    ]
+    return "\n".join(rows) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the embedded model)")
-    parser.add_argument("--backend", default=None, help="backend for both server and offline run (default: the library's)")
+    parser.add_argument("--backend", default=None,
+                        help="backend for both server and offline run (default: the library's)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--requests", type=int, default=20_000)
@@ -452,6 +469,7 @@ def main() -> None:
     command_line = "python benchmarks/load.py " + " ".join(sys.argv[1:])
     cpu = cpu_name()
     complete = run["requests"] == len(measured)
+    rss_figures = f"{rss_start / mib:.0f} / {rss_before / mib:.0f} / {rss_after / mib:.0f}"
     report = f"""## HTTP service under load
 
 `{command_line}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores ({cpu}),
@@ -472,7 +490,7 @@ other jobs on the machine distort both the offline and the server figures.
 | server / offline texts/s | {tps / offline:.1%} | >= 80% |
 | latency p50 / p99 | {run['p50'] * 1000:.1f} ms / {run['p99'] * 1000:.1f} ms | |
 | errors | {errors} {run['errors'] or ''} | 0 |
-| server RSS: at start / after warm-up / after the requests | {rss_start / mib:.0f} / {rss_before / mib:.0f} / {rss_after / mib:.0f} MiB | |
+| server RSS: at start / after warm-up / after the requests | {rss_figures} MiB | |
 | RSS growth over the measured requests | {growth:+.1%} | < 10% |
 | RSS after each {RSS_EVERY:,} requests | {' / '.join(f'{r / mib:.0f}' for r in rss_series)} MiB | level |
 | client CPU time (shares the cores) | {run['client_cpu']:.1f} s | |

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'distilsent[serve]'")
 
-from distilsent import Classifier  # noqa: E402
+from distilsent import Classifier, long_text  # noqa: E402
+from distilsent.service import split_windows  # noqa: E402
 
 from .test_service import running  # noqa: E402
 
@@ -65,7 +66,8 @@ def test_server_default_strategy_applies_when_the_request_does_not_say(clf):
         async with running(lambda: clf, long_text="head_tail") as client:
             response = await client.post("/", json={"inputs": LONG})
             assert response.status_code == 200
-            close(response.json(), clf([LONG], long_text="head_tail"))
+            [labels] = response.json()  # one list per input, every label: the shape does not change
+            close(labels, clf(LONG, long_text="head_tail", top_k=None))
 
     asyncio.run(go())
 
@@ -121,18 +123,75 @@ def test_window_limit_per_request(clf):
 
 
 def test_neutral_below_request_parameter(clf):
+    def best(answer):  # one list per input, holding the best label alone
+        assert all(len(labels) == 1 for labels in answer), answer
+        return [labels[0]["label"] for labels in answer]
+
     async def go():
         async with running(lambda: clf) as client:
             texts = ["great fun", "awful bad"]
             response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 1.0}})
             assert response.status_code == 200
-            assert [d["label"] for d in response.json()] == ["NEUTRAL", "NEUTRAL"]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.0}})
-            assert [d["label"] for d in response.json()] == [d["label"] for d in clf(texts)]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.7,
-                                                                                      "top_k": None}})
+            assert best(response.json()) == ["NEUTRAL", "NEUTRAL"]
+            for parameters in ({"neutral_below": 0.0}, {"neutral_below": 0, "top_k": None}, {"neutral_below": 0.0,
+                                                                                              "top_k": 1}):
+                response = await client.post("/", json={"inputs": texts, "parameters": parameters})
+                assert response.status_code == 200, (parameters, response.text)
+                assert best(response.json()) == [d["label"] for d in clf(texts)]
+            [answer] = (await client.post("/", json={"inputs": "great fun", "parameters": {"neutral_below": 1}})).json()
+            assert answer == [{"label": "NEUTRAL", "score": clf("great fun")[0]["score"]}]  # the best score kept
+            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 0.7, "top_k": 2}})
             assert response.status_code == 422 and "one label" in response.json()["error"]
-            response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": 1.5}})
-            assert response.status_code == 422
+            for bad in (1.5, "0.99", True):  # out of range, or not a number: no coercion
+                response = await client.post("/", json={"inputs": texts, "parameters": {"neutral_below": bad}})
+                assert response.status_code == 422 and "neutral_below" in response.json()["error"], response.text
 
     asyncio.run(go())
+
+
+def test_only_texts_read_as_several_windows_count_toward_the_window_limit(clf):
+    short = ["great fun"] * 129  # two words each: never split, whatever the strategy
+
+    async def go():
+        for default in ("head_tail", "window"):
+            async with running(lambda: clf, long_text=default) as client:
+                response = await client.post("/", json={"inputs": short})
+                assert response.status_code == 200, response.text  # was 413 "129 windows"
+        windows = len(clf.windows([LONG], long_text="window", stride=31).sequences)
+        parameters = {"long_text": "window", "stride": 31}
+        async with running(lambda: clf, max_request_windows=windows) as client:
+            response = await client.post("/", json={"inputs": [LONG, *short[:100]], "parameters": parameters})
+            assert response.status_code == 200, response.text
+        async with running(lambda: clf, max_request_windows=windows - 1) as client:
+            response = await client.post("/", json={"inputs": [LONG], "parameters": parameters})
+            assert response.status_code == 413 and f"{windows} windows" in response.json()["error"]
+
+    asyncio.run(go())
+
+
+def test_the_window_limit_is_checked_before_any_window_is_built(clf, monkeypatch):
+    built = []
+    real = long_text.window_starts
+    monkeypatch.setattr(long_text, "window_starts", lambda *a: built.append(a) or real(*a))
+    huge = LONG * 20  # about 6,000 tokens: 6,000 windows of one token each
+
+    async def go():
+        async with running(lambda: clf) as client:
+            parameters = {"long_text": "window", "window": 3, "stride": 1}
+            response = await client.post("/", json={"inputs": huge, "parameters": parameters})
+            assert response.status_code == 413 and "windows in one request" in response.json()["error"]
+            assert built == []
+            response = await client.post("/", json={"inputs": LONG, "parameters": {"long_text": "window"}})
+            assert response.status_code == 200 and built  # within the limit, windows are built as before
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("window,stride", [(None, None), (16, None), (16, 3), (16, 14), (3, 1), (64, 62), (10**6, 7)])
+def test_window_count_from_token_counts_is_what_the_plan_builds(clf, window, stride):
+    texts = ["great fun", LONG, LONG[: len(LONG) // 3], LONG[:190], "the plot " * 31]
+    lengths = [len(ids) for ids in clf.tokenizer.encode(texts, long_text.UNLIMITED)]
+    window_plan = clf.windows(texts, long_text="window", window=window, stride=stride)
+    per_text = [list(window_plan.owner).count(i) for i in range(len(texts))]
+    assert max(per_text) > 1
+    assert split_windows(lengths, clf.max_length, stride, window) == sum(n for n in per_text if n > 1)

@@ -69,7 +69,7 @@ def test_page_is_self_contained(server):
 def test_explain_route(server):
     data = httpx.post(server + "/explain", json={"inputs": TEXT}).json()
     assert data["words"] == [w for w, _, _ in split_words(TEXT)] and len(data["attributions"]) == len(data["words"])
-    [best] = httpx.post(server + "/", json={"inputs": TEXT}).json()
+    [[best, *_]] = httpx.post(server + "/", json={"inputs": TEXT}).json()  # one list per input, best first
     assert data["label"] == best["label"]
     for bad in ({"inputs": ["a", "b"]}, {"inputs": ""}, {"text": TEXT}, {"inputs": "word " * 300}):
         response = httpx.post(server + "/explain", json=bad)
@@ -99,11 +99,13 @@ def test_type_a_text_get_its_label_highlights_and_a_batch(server, browser, tmp_p
             route.abort()
 
     page.route("**/*", only_the_server)
+    console = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(server + "/ui")
     page.fill("#text", TEXT)
     page.click("#classify")
-    page.wait_for_function("document.querySelectorAll('#words span.w').length > 0", timeout=20_000)
-    scores = httpx.post(server + "/", json={"inputs": TEXT, "parameters": {"top_k": None}}).json()
+    page.wait_for_function("() => document.querySelectorAll('#words span.w').length > 0", timeout=20_000)
+    [scores] = httpx.post(server + "/", json={"inputs": TEXT}).json()
     assert page.text_content("#label") == f"{scores[0]['label']} {scores[0]['score']:.4f}"
     assert page.locator("#bars .bar").count() == len(scores)
     words = page.locator("#words span.w")
@@ -115,8 +117,8 @@ def test_type_a_text_get_its_label_highlights_and_a_batch(server, browser, tmp_p
 
     page.fill("#batch", "\n".join(LINES) + "\n\n")
     page.click("#run-batch")
-    page.wait_for_function("document.querySelectorAll('#batch-results tbody tr').length === 3", timeout=20_000)
-    expected = [r["label"] for r in httpx.post(server + "/", json={"inputs": LINES}).json()]
+    page.wait_for_function("() => document.querySelectorAll('#batch-results tbody tr').length === 3", timeout=20_000)
+    expected = [labels[0]["label"] for labels in httpx.post(server + "/", json={"inputs": LINES}).json()]
     labels = page.locator("#batch-results tbody tr td:nth-child(2)").all_text_contents()
     assert labels == expected
 
@@ -124,13 +126,14 @@ def test_type_a_text_get_its_label_highlights_and_a_batch(server, browser, tmp_p
     page.screenshot(path=str(shot), full_page=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert outside == []
+    assert not [line for line in console if "Content Security Policy" in line], console  # nothing blocked
     page.close()
 
 
 def test_the_abstain_band_answers_neutral_as_the_service_does(server, browser):
-    [best] = httpx.post(server + "/", json={"inputs": TEXT}).json()
+    [[best, *_]] = httpx.post(server + "/", json={"inputs": TEXT}).json()
     below = round(min(1.0, best["score"] + 0.005), 3)  # just above this text's best score: inside the band
-    [answer] = httpx.post(server + "/", json={"inputs": TEXT, "parameters": {"neutral_below": below}}).json()
+    [[answer]] = httpx.post(server + "/", json={"inputs": TEXT, "parameters": {"neutral_below": below}}).json()
     assert answer["label"] == "NEUTRAL"
     page = browser.new_page()
     page.goto(server + "/ui")
@@ -138,16 +141,25 @@ def test_the_abstain_band_answers_neutral_as_the_service_does(server, browser):
     page.check("#abstain")
     page.fill("#neutral-below", str(below))
     page.click("#classify")
-    page.wait_for_function("document.querySelector('#label').textContent.length > 0", timeout=20_000)
+    page.wait_for_function("() => document.querySelector('#label').textContent.length > 0", timeout=20_000)
     assert page.text_content("#label").startswith("NEUTRAL ")
     assert "Inside the abstain band" in page.text_content("#band-note")
     assert page.locator("#bars .bar .band").count() == 2  # the band is drawn on each label's bar
     page.fill("#batch", "\n".join(LINES))
     page.click("#run-batch")
-    page.wait_for_function("document.querySelectorAll('#batch-results tbody tr').length === 3", timeout=20_000)
+    page.wait_for_function("() => document.querySelectorAll('#batch-results tbody tr').length === 3", timeout=20_000)
     expected = httpx.post(server + "/", json={"inputs": LINES, "parameters": {"neutral_below": below}}).json()
     labels = page.locator("#batch-results tbody tr td:nth-child(2)").all_text_contents()
-    assert labels == [r["label"] for r in expected]
+    assert labels == [best["label"] for [best] in expected]
+    page.close()
+
+
+def test_no_other_site_can_frame_the_page(server, browser):
+    page = browser.new_page()
+    page.set_content(f'<iframe id="framed" src="{server}/ui" width="600" height="400"></iframe>')
+    page.wait_for_load_state("load")
+    [framed] = [frame for frame in page.frames if frame != page.main_frame]
+    assert framed.locator("#classify").count() == 0  # refused: frame-ancestors 'none' and X-Frame-Options DENY
     page.close()
 
 

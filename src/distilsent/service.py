@@ -1,24 +1,31 @@
 """HTTP service: one model behind Hugging Face Inference API and TEI compatible routes, batched across requests.
 
 - ``POST /`` and ``POST /predict`` take ``{"inputs": str | [str], ...}`` as ``application/json``. A body
-  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered in the shapes
-  of ``pipeline("text-classification")``; a body with ``raw_scores`` or ``truncate`` is a
-  text-embeddings-inference (TEI) call and is answered as TEI does (every label, best first, per text).
-  distilsent adds ``long_text`` (truncate, head_tail, window), ``window``, ``stride`` and ``aggregate`` (mean, max) to
-  both bodies (in ``parameters``, or top-level in a TEI body), and ``neutral_below`` to ``parameters``;
-  without a ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows``
-  caps the sequences one request may run (413).
-  A body with neither gets the shape its route is known for: Hugging Face on ``/``, TEI on ``/predict``.
-  A body with both is invalid. A list of strings is always a batch of texts.
+  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered as the hosted
+  Inference API answers it: one list per input (a string is one input), every label sorted by score unless
+  ``top_k`` says how many (what ``huggingface_hub.InferenceClient.text_classification`` reads). A body with
+  ``raw_scores`` or ``truncate`` is a text-embeddings-inference (TEI) call and is answered as TEI does
+  (every label, best first, per text). distilsent adds ``long_text`` (truncate, head_tail, window),
+  ``window``, ``stride`` and ``aggregate`` (mean, max) to both bodies (in ``parameters``, or top-level in a
+  TEI body), and ``neutral_below`` to ``parameters``, without changing the answer's shape; without a
+  ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows`` caps the
+  windows of texts read as several windows in one request (413), checked on token counts before any
+  window is built. A body with neither gets the shape its route is known for: Hugging Face on ``/``,
+  TEI on ``/predict``. A body with both is invalid. A list of strings is always a batch of texts; text
+  pairs are refused (422).
 - ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
   ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
   ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
   occlusion attributions per word, what the page highlights).
-- Every error is ``{"error": message, "error_type": kind}``: 400 Host not allowed, 408 body too slow,
-  413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without truncation,
-  429 queue full or too many requests, 503 loading, failed or shutting down (429 and 503 carry
-  ``Retry-After``); 500 only when the backend fails on a request's texts, and only for that request.
-  A client that hangs up is logged and counted as 499, not as a server error.
+- Every error is ``{"error": message, "error_type": kind}`` (what the Hugging Face clients read): 400 Host
+  not allowed or a malformed request, 404/405 unknown route or method (405 with ``Allow``), 408 body too
+  slow, 413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without
+  truncation, 429 queue full or too many requests, 431 headers too large, 503 loading, failed or shutting
+  down (429 and 503 carry ``Retry-After``); 500 only when the backend fails on a request's texts, and only
+  for that request. A client that hangs up is logged and counted as 499, not as a server error.
+- Every answer carries ``X-Content-Type-Options: nosniff`` and, but for the static ``/docs`` assets,
+  ``Cache-Control: no-store``; ``/ui`` also a Content-Security-Policy (its own inline script and style by
+  hash, requests to this server only) and ``X-Frame-Options: DENY``.
 
 The service maps HTTP onto the classifier's steps: ``encode`` here (on a small thread pool for large
 payloads), ``plan`` and ``run_batch`` in :class:`~distilsent.batcher.Batcher`, ``scores`` and ``format``
@@ -56,7 +63,19 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from fastapi_offline import FastAPIOffline
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, TypeAdapter, ValidationError
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        RootModel,
+        StrictBool,
+        StrictFloat,
+        StrictInt,
+        StrictStr,
+        TypeAdapter,
+        ValidationError,
+    )
+    from starlette.datastructures import MutableHeaders
     from starlette.exceptions import HTTPException
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError as e:
@@ -67,9 +86,9 @@ except ImportError as e:
 
 from .batcher import Batcher
 from .classifier import FUNCTIONS, Classifier
-from .long_text import WindowPlan, aggregate
+from .long_text import UNLIMITED, WindowPlan, aggregate, plan
 from .service_settings import ServiceSettings
-from .ui import explain_for_page, page
+from .ui import content_security_policy, explain_for_page, page
 
 __all__ = ["ServiceSettings", "create_app", "serve"]
 
@@ -78,10 +97,14 @@ access_log = logging.getLogger("distilsent.access")
 
 SETTINGS_ENV = "DISTILSENT_SERVE_SETTINGS"  # how `serve --workers N` hands its settings to each worker
 ROUTES = ("/", "/predict", "/health", "/info", "/metrics", "/docs", "/openapi.json", "/ui", "/explain")
+BODY_ROUTES = ("/", "/predict", "/explain")  # the POST routes that read a body; others answer 404/405 unread
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's static files: the only answers that may be cached
 METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")
 # Payloads this large are tokenized on the tokenizer threads so they do not hold up every other request.
 THREADED_TOKENIZE_CHARS = 16_384
 RETRY_AFTER_S = {429: 1, 503: 5}  # what 429 and 503 tell clients to wait before retrying
+# On every answer (see ResponseHeaders), whoever sends it.
+NOSNIFF, NO_STORE = ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store")
 
 
 # ---------------------------------------------------------------------------------------------- bodies
@@ -104,7 +127,8 @@ class Parameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     top_k: StrictInt | None = Field(
-        default=None, ge=1, description="labels per text, best first; null: all. Absent: the best label only."
+        default=None, ge=1, description="labels per text, best first; absent or null: every label (the hosted "
+        "Inference API's default)"
     )
     function_to_apply: Literal[FUNCTIONS] | None = None  # type: ignore[valid-type]
     truncation: StrictBool = Field(default=False, description="cut texts over the maximum length instead of 422")
@@ -113,13 +137,14 @@ class Parameters(BaseModel):
     stride: StrictInt | None = STRIDE
     aggregate: Aggregate | None = AGGREGATE
     window: StrictInt | None = WINDOW
-    neutral_below: float | None = Field(
+    neutral_below: StrictFloat | None = Field(
         default=None, ge=0, le=1, description="distilsent: label NEUTRAL when the best score is below this "
-        "(binary models, one-best answers)",
+        "(binary models; each text's list then holds its best label only, so top_k may be absent, null or 1)",
     )
 
 
 INPUTS = Field(description="a text, or a list of texts (a batch, never a pair)")
+TEXT_PAIRS = 'inputs: text pairs ({"text", "text_pair"}) are not supported; send a text or a list of texts'
 
 
 class HuggingFaceRequest(BaseModel):
@@ -161,6 +186,23 @@ class ErrorBody(BaseModel):
     error_type: str
 
 
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class HuggingFaceAnswer(RootModel[list[list[Label]]]):
+    """Hugging Face body: one list per input (a string is one input), every label sorted by score, or the
+    top_k best; with neutral_below the best label only, NEUTRAL inside the band."""
+
+
+class TeiAnswer(RootModel[Union[list[Label], list[list[Label]]]]):
+    """TEI body: every label sorted by score ({"score", "label"}); a list of texts gives one such list per text."""
+
+
+PredictAnswer = TypeAdapter(Union[HuggingFaceAnswer, TeiAnswer])
+
+
 class ServiceError(Exception):
     """A request the service answers with an error status (kept inside this module: HTTP is its concern)."""
 
@@ -175,11 +217,14 @@ def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
     try:
         return PredictRequest.validate_json(raw)
     except ValidationError as e:
+        errors = e.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            reason = errors[0].get("ctx", {}).get("error", "malformed")
+            raise ServiceError(422, "validation", f"body is not valid JSON ({reason})") from None
+        if any(_is_text_pair(problem) for problem in errors):  # one line, not every union member's complaint
+            raise ServiceError(422, "validation", TEXT_PAIRS) from None
         problems = []
-        for problem in e.errors(include_input=False)[:6]:
-            if problem["type"] == "json_invalid":
-                return_error = problem.get("ctx", {}).get("error", "malformed")
-                raise ServiceError(422, "validation", f"body is not valid JSON ({return_error})") from None
+        for problem in errors[:6]:
             if problem["type"] in ("model_type", "model_attributes_type"):
                 problems.append("body: expected a JSON object")
                 continue
@@ -189,6 +234,18 @@ def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
             problems.append(f"{'.'.join(str(w) for w in where) or 'body'}: {problem['msg']} ({api} body)")
         unique = list(dict.fromkeys(problems))
         raise ServiceError(422, "validation", "; ".join(unique) or "invalid request body") from None
+
+
+def _is_text_pair(problem: dict) -> bool:
+    """Whether a validation problem is one of the pipeline's text-pair inputs: ``{"text", "text_pair"}``, or a
+    ``[text, pair]`` list inside the list of inputs."""
+    where, value = problem["loc"][1:], problem.get("input")
+    if where[:1] != ("inputs",):
+        return False
+    if isinstance(value, dict):
+        return bool({"text", "text_pair"} & set(value))
+    nested = len(where) == 3  # ("inputs", "list[str]", index): an element of the list of inputs
+    return nested and isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -295,6 +352,30 @@ class AccessLog:
                 }))
 
 
+class ResponseHeaders:
+    """Headers on every answer, errors from the limits included. ``X-Content-Type-Options: nosniff``: a
+    browser must never read a JSON answer (which echoes request text) as HTML or script. ``Cache-Control:
+    no-store``: answers are about one request's texts, and no cache, shared or private, should keep them;
+    only the static /docs assets may be cached."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        cacheable = scope["path"].startswith(DOCS_ASSETS + "/")
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in (NOSNIFF,) if cacheable else (NOSNIFF, NO_STORE):
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _header(scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -305,12 +386,12 @@ def _header(scope, name: bytes) -> bytes | None:
 class Limits:
     """What a request must pass before the app sees it.
 
-    Every request: its ``Host`` must be allowed (DNS rebinding). A POST: its body must be JSON (415; a
-    page on another site can post forms and text to a local server without asking, but not JSON), at
-    most ``max_body_bytes`` (413 from ``Content-Length`` at once, else while reading), and fully received
-    within ``body_timeout`` (408). Only then is it counted against ``max_concurrent_requests`` (429):
-    clients trickling their bodies hold no slot. A request cut off by the server's shutdown deadline
-    gets a JSON 503 instead of uvicorn's bare 500.
+    Every request: its ``Host`` must be allowed (DNS rebinding). A POST to a route that reads a body
+    (:data:`BODY_ROUTES`): its body must be JSON (415; a page on another site can post forms and text to a
+    local server without asking, but not JSON), at most ``max_body_bytes`` (413 from ``Content-Length`` at
+    once, else while reading), and fully received within ``body_timeout`` (408). Only then is it counted
+    against ``max_concurrent_requests`` (429): clients trickling their bodies hold no slot. A request cut
+    off by the server's shutdown deadline gets a JSON 503 instead of uvicorn's bare 500.
     """
 
     def __init__(self, app, settings: ServiceSettings, metrics: Metrics):
@@ -330,7 +411,9 @@ class Limits:
         if not s.host_allowed(host):
             message = f"Host {host!r} is not served here; allow it with --allowed-hosts"
             return await self.reject(400, "bad_host", message, close=True)(scope, receive, send)
-        if scope["method"] != "POST":  # no body to hold; probes must answer even when requests pile up
+        if scope["method"] != "POST" or scope["path"] not in BODY_ROUTES:
+            # No body to hold (probes must answer even when requests pile up), or a route that takes none:
+            # the router's 404/405 (with Allow), not a 415 about a body nobody reads.
             return await self.app(scope, receive, send)
         content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != b"application/json" and not content_type.endswith(b"+json"):
@@ -452,7 +535,9 @@ class Service:
         texts = [body.inputs] if single else body.inputs
         s = self.settings
         if len(texts) > s.max_request_texts:
-            raise ServiceError(413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}")
+            raise ServiceError(
+                413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}"
+            )
         if style == "hf":
             parameters = getattr(body, "parameters", None) or Parameters()
             truncation, function = parameters.truncation, parameters.function_to_apply
@@ -465,22 +550,22 @@ class Service:
         long_text = {"long_text": strategy, "stride": reading.stride or s.stride, "window": reading.window or s.window}
         window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
         sequences = window_plan.sequences
-        if strategy and len(sequences) > s.max_request_windows:  # one sequence per text is max_request_texts' to limit
-            raise ServiceError(413, "too_large", f"{len(sequences)} windows in one request, over the limit of "
-                               f"{s.max_request_windows}; send fewer or shorter texts, or a larger stride")
         tokens = sum(len(sequence) for sequence in sequences)
         if tokens > s.max_queue_tokens:
-            raise ServiceError(413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}")
+            raise ServiceError(
+                413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}"
+            )
         logits = await self._submit(request, sequences)
         scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
                            reading.aggregate or s.aggregate or "mean")
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
-        neutral = {"neutral_below": parameters.neutral_below} if parameters.neutral_below is not None else {}
+        # The hosted Inference API's shape: one list per input, a string being one input (single=False).
+        top_k, neutral = parameters.top_k, {}
+        if parameters.neutral_below is not None:  # abstaining is a verdict on the best label: it alone is shown
+            top_k, neutral = top_k or 1, {"neutral_below": parameters.neutral_below}
         try:
-            if "top_k" not in parameters.model_fields_set:  # the pipeline's one-best shape
-                return classifier.format(scores, **neutral)
-            return classifier.format(scores, top_k=parameters.top_k, single=single, **neutral)
+            return classifier.format(scores, top_k=top_k, single=False, **neutral)
         except InputError as e:
             raise ServiceError(422, "validation", str(e)) from None
 
@@ -493,11 +578,14 @@ class Service:
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
-                raise ServiceError(422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)") from None
+                raise ServiceError(
+                    422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)"
+                ) from None
+
         def work() -> WindowPlan:
             if long_text is None:
                 return WindowPlan.one_each(classifier.encode(texts, truncation=truncation))
-            return classifier.windows(texts, **long_text)
+            return self._windows(classifier, texts, **long_text)
 
         try:
             if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
@@ -510,6 +598,24 @@ class Service:
             raise ServiceError(
                 422, "validation", f"{e}; send truncation/truncate true to cut it, or a long_text (head_tail, window)"
             ) from None
+
+    def _windows(
+        self, classifier: Classifier, texts: list[str], long_text: str, stride: int | None, window: int | None
+    ) -> WindowPlan:
+        """:meth:`Classifier.windows`, with ``max_request_windows`` checked on the token counts before any
+        window is built: 3-token windows of a 1 MiB text are a million lists (over 500 MB) otherwise. Only
+        texts read as several windows count; one sequence per text is ``max_request_texts``' to limit."""
+        if long_text == "truncate":  # a bounded prefix of each text, never windows
+            return classifier.windows(texts, long_text=long_text)
+        ids = classifier.tokenizer.encode(texts, UNLIMITED)
+        stride, window = stride or classifier.stride, window or classifier.window
+        if long_text == "window":
+            windows = split_windows([len(i) for i in ids], classifier.max_length, stride, window)
+            limit = self.settings.max_request_windows
+            if windows > limit:
+                raise ServiceError(413, "too_large", f"{windows} windows in one request, over the limit of {limit}; "
+                                   "send fewer or shorter texts, or a larger stride")
+        return plan(ids, long_text, classifier.max_length, stride=stride, head=classifier.head, window=window)
 
     async def _submit(self, request: Request, sequences: list[list[int]]):
         """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
@@ -562,6 +668,22 @@ class Service:
         }
 
 
+def split_windows(lengths: list[int], max_length: int, stride: int | None, window: int | None) -> int:
+    """How many windows :func:`distilsent.long_text.plan` makes of the texts with these token counts
+    (``[CLS]`` and ``[SEP]`` included) that it splits into more than one, counted without building them."""
+    width = min(window or max_length, max_length) - 2
+    step = stride if stride is not None else width // 2
+    if not 1 <= step <= width:
+        return 0  # plan() refuses these settings with its own message
+    total = 0
+    for length in lengths:
+        content = length - 2
+        if content > width:
+            starts = (content - width) // step + 1
+            total += starts + ((starts - 1) * step + width < content)  # the last window, aligned to the end
+    return total
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client hangs up (the body has been read: nothing else can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -580,9 +702,19 @@ ERROR_STATUSES = {
 }
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in ERROR_STATUSES.items()}
 EXAMPLES = {
-    "hf": {"inputs": "a gripping, beautiful film", "parameters": {"top_k": None}},
+    "hf": {"inputs": "a gripping, beautiful film", "parameters": {"top_k": 2}},
     "tei": {"inputs": ["a gripping, beautiful film", "dull"], "raw_scores": False, "truncate": True},
 }
+# What the embedded default model answers to the examples above (scores rounded).
+ANSWER_EXAMPLES = {
+    "hf": [[{"label": "POSITIVE", "score": 0.9876}, {"label": "NEGATIVE", "score": 0.0124}]],
+    "tei": [[{"score": 0.9876, "label": "POSITIVE"}, {"score": 0.0124, "label": "NEGATIVE"}],
+            [{"score": 0.9661, "label": "NEGATIVE"}, {"score": 0.0339, "label": "POSITIVE"}]],
+}
+ANSWER_DESCRIPTION = (
+    "Hugging Face body: as the hosted Inference API, one list per input (a string is one input), every label "
+    "sorted by score or the top_k best. TEI body: every label sorted by score; one such list per text for a list."
+)
 
 
 def create_app(settings: ServiceSettings | None = None, load: Callable[[], Classifier] | None = None) -> FastAPI:
@@ -634,21 +766,37 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         # A bug, not the client's fault: still JSON, and the server goes on (uvicorn logs the traceback).
-        return error_response(metrics, 500, "internal", "internal server error")
+        # Starlette answers it outside every middleware, ResponseHeaders included: the headers go here.
+        response = error_response(metrics, 500, "internal", "internal server error")
+        response.headers.update(dict((NOSNIFF, NO_STORE)))
+        return response
 
-    body_schema = PredictRequest.json_schema(ref_template="#/components/schemas/{model}")
-    body_definitions = body_schema.pop("$defs")
+    # The routes read their bodies themselves (the limits come first), so their schemas are given here.
+    definitions: dict = {}
 
-    def request_body(example: dict) -> dict:
-        content = {"application/json": {"schema": body_schema, "example": example}}
+    def schema_of(adapter: TypeAdapter) -> dict:
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        definitions.update(schema.pop("$defs", {}))
+        return schema
+
+    body_schema, answer_schema = schema_of(PredictRequest), schema_of(PredictAnswer)
+    definitions["ExplainRequest"] = ExplainRequest.model_json_schema()
+    explain_schema = {"$ref": "#/components/schemas/ExplainRequest"}
+
+    def request_body(schema: dict, example: dict) -> dict:
+        content = {"application/json": {"schema": schema, "example": example}}
         return {"requestBody": {"required": True, "content": content}}
 
-    @app.post("/", responses=ERRORS, openapi_extra=request_body(EXAMPLES["hf"]))
+    def answers(api: str) -> dict:
+        content = {"application/json": {"schema": answer_schema, "example": ANSWER_EXAMPLES[api]}}
+        return {**ERRORS, 200: {"description": ANSWER_DESCRIPTION, "content": content}}
+
+    @app.post("/", responses=answers("hf"), openapi_extra=request_body(body_schema, EXAMPLES["hf"]))
     async def predict_hf(request: Request) -> Any:
         """Classify; Hugging Face Inference API shapes unless the body has TEI fields."""
         return JSONResponse(await service.predict(request, "hf"))
 
-    @app.post("/predict", responses=ERRORS, openapi_extra=request_body(EXAMPLES["tei"]))
+    @app.post("/predict", responses=answers("tei"), openapi_extra=request_body(body_schema, EXAMPLES["tei"]))
     async def predict_tei(request: Request) -> Any:
         """Classify; TEI shapes unless the body has Hugging Face fields."""
         return JSONResponse(await service.predict(request, "tei"))
@@ -667,16 +815,19 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
     @app.get("/ui", include_in_schema=False)
     async def ui_page() -> Response:
         """A page to try the model in a browser (self-contained: works offline)."""
-        return Response(page(), media_type="text/html; charset=utf-8")
+        # Only its own script and style run, it talks to this server alone, and no other site may frame it.
+        headers = {"Content-Security-Policy": content_security_policy(), "X-Frame-Options": "DENY"}
+        return Response(page(), media_type="text/html; charset=utf-8", headers=headers)
 
-    @app.post("/explain", responses=ERRORS)
+    @app.post("/explain", responses=ERRORS, openapi_extra=request_body(explain_schema, {"inputs": "a gripping film"}))
     async def explain(request: Request) -> Any:
         """Occlusion attributions of each word of one text toward its predicted label (what /ui highlights)."""
         classifier = service.ready()
         try:
             body = ExplainRequest.model_validate_json(await request.body())
         except ValidationError as e:
-            raise ServiceError(422, "validation", "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])) from None
+            message = "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])
+            raise ServiceError(422, "validation", message) from None
         try:
             return JSONResponse(await asyncio.to_thread(explain_for_page, classifier, body.inputs))
         except InputError as e:
@@ -689,19 +840,22 @@ def create_app(settings: ServiceSettings | None = None, load: Callable[[], Class
                          "description": "Prometheus text exposition format"}},
     )
     async def prometheus() -> Response:
-        return Response(prometheus_client.generate_latest(metrics.registry), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+        exposition = prometheus_client.generate_latest(metrics.registry)
+        return Response(exposition, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(body_definitions)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
         return app.openapi_schema
 
     app.openapi = openapi
 
-    # Outermost first: the access log sees every response, including the limits' 4xx.
+    # The last added is outermost: the access log sees every response, including the limits' 4xx, and
+    # every response gets the common headers.
     app.add_middleware(Limits, settings=settings, metrics=metrics)
     app.add_middleware(AccessLog, metrics=metrics)
+    app.add_middleware(ResponseHeaders)
     return app
 
 
@@ -729,7 +883,8 @@ class GuardedHttp(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol with the two guards it lacks: a request's headers must arrive within
     ``header_timeout`` seconds of the connection opening (or of the previous response) and be at most
     ``h11_max_incomplete_event_size`` bytes. A silent socket or one trickling headers is closed; too
-    large headers get 431. (The body has its own deadline, in :class:`Limits`.)"""
+    large headers get 431, and a malformed request a JSON 400. (The body has its own deadline, in
+    :class:`Limits`.)"""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -737,6 +892,8 @@ class GuardedHttp(HttpToolsProtocol):
 
     def _await_head(self) -> None:
         self._head_bytes = 0
+        self._head_started = False  # past the blank lines that may come before a request line
+        self._head_tail = b""  # the head's last bytes so far: its blank line may straddle two reads
         self._head_deadline = self.loop.call_later(self.config.header_timeout, self._head_late)
 
     def _head_late(self) -> None:
@@ -745,19 +902,43 @@ class GuardedHttp(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
-        reading_head = getattr(self, "_head_deadline", None) is not None
-        super().data_received(data)
-        if reading_head and self._head_deadline is not None:  # the head is still incomplete
-            self._head_bytes += len(data)
+        if getattr(self, "_head_deadline", None) is not None:
+            # Counted before parsing, up to the blank line: a head that ends within this read counts too,
+            # however large (70,000 bytes in one read would otherwise pass a 64 KiB limit).
+            self._head_bytes += self._head_in(data)
             if self._head_bytes > self.config.h11_max_incomplete_event_size:
                 self._head_deadline.cancel()
                 self._head_deadline = None
-                body = json.dumps({"error": "request headers over the size limit", "error_type": "headers_too_large"})
-                self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body.encode())
-                )
-                self.transport.close()
+                self._send_error(431, "request headers over the size limit", "headers_too_large")
+                return
+        super().data_received(data)
+
+    def _head_in(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the head being read: up to and including the blank line that
+        ends it (CRLF, or the bare LF the parser also takes), else all. Blank lines before the request line,
+        which the parser skips, do not end it."""
+        seen = self._head_tail + data
+        start = 0
+        if not self._head_started:
+            start = len(seen) - len(seen.lstrip(b"\r\n"))
+            self._head_started = start < len(seen)
+        ends = [at + len(blank) for blank in (b"\r\n\r\n", b"\n\n") if (at := seen.find(blank, start)) >= 0]
+        head = (min(ends) if ends else len(seen)) - len(self._head_tail)
+        self._head_tail = seen[: len(self._head_tail) + head][-3:]
+        return head
+
+    def send_400_response(self, msg: str) -> None:
+        self._send_error(400, msg, "bad_request")  # uvicorn's own is text/plain
+
+    def _send_error(self, status: int, message: str, error_type: str) -> None:
+        """An error answered by the protocol itself, JSON as every other, and the connection closed."""
+        body = json.dumps({"error": message, "error_type": error_type}).encode()
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [f"{name}: {value}".encode() for name, value in (NOSNIFF, NO_STORE)]
+        head += [b"content-type: application/json", b"connection: close", b"content-length: %d" % len(body)]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         if self._head_deadline is not None:
@@ -827,10 +1008,13 @@ def serve(settings: ServiceSettings, *, log_level: str = "info") -> None:
     else:
         del classifier  # checked; each worker loads its own
         os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
-        config = uvicorn.Config("distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options)
+        config = uvicorn.Config(
+            "distilsent.service:app_from_environment", factory=True, workers=settings.workers, **options
+        )
     config.header_timeout = settings.header_timeout
     address = f"[{settings.host}]" if ":" in settings.host else settings.host
-    log.info("listening on http://%s:%d (%d worker%s)", address, settings.port, settings.workers, "s"[: settings.workers - 1])
+    log.info("listening on http://%s:%d (%d worker%s)", address, settings.port, settings.workers,
+             "s"[: settings.workers - 1])
     server = uvicorn.Server(config)
     if settings.workers == 1:
         server.run(sockets=[sock])

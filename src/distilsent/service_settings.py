@@ -51,7 +51,10 @@ class ServiceSettings:
     aggregate: str | None = option(None, "default way to combine a text's windows: mean or max (default: mean)",
                                    type=str)
     # A 5,000-word review is about 26 windows at the default stride: this admits a few such reviews per request.
-    max_request_windows: int = option(128, "windows (sequences run) in one request before 413")
+    max_request_windows: int = option(
+        128, "windows of the texts read as several windows, in one request, before 413 (a text read whole is "
+        "not counted: --max-request-texts limits those)"
+    )
     max_concurrent_requests: int = option(512, "requests whose body is in and that are being served, before 429")
     max_body_bytes: int = option(1 << 20, "request body size before 413")
     tokenize_threads: int = option(1, "threads that tokenize large requests (at most this many at once)")
@@ -75,7 +78,8 @@ class ServiceSettings:
             if f.name.startswith(("max_", "tokenize_", "workers")) and f.name != "max_wait_ms"
         ]
         bad = [name for name in positive if not getattr(self, name) > 0]
-        bad += [name for name in ("body_timeout", "header_timeout", "keep_alive_timeout") if not getattr(self, name) > 0]
+        timeouts = ("body_timeout", "header_timeout", "keep_alive_timeout")
+        bad += [name for name in timeouts if not getattr(self, name) > 0]
         if self.threads is not None and self.threads < 1:
             bad.append("threads")
         if bad:
