@@ -165,7 +165,8 @@ def test_train_out_that_is_a_file(tiny_model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "taken"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
-    assert err == f"distilsent: error: the output {tmp_path / 'taken'} is a file; a run writes a directory (best/, metrics.json, ...)\n"
+    assert err == (f"distilsent: error: the output {tmp_path / 'taken'} is a file; a run writes a directory "
+                   "(best/, metrics.json, ...)\n")
 
 
 def test_train_stop_after_pauses_and_the_same_command_goes_on(tiny_model_dir, tmp_path, capsys):
@@ -223,3 +224,65 @@ def test_export_parity_progress_on_stderr_unless_quiet(tiny_model_dir, tmp_path,
     assert err.startswith("parity: 24/24 texts (100%) ") and " in 0:00:" in err  # 12 texts, torch then ONNX
     assert main(["export", str(tiny_model_dir), str(tmp_path / "b"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def spy_on_reading(monkeypatch) -> list[str]:
+    """Every text that reaches the long-text reader (which tokenizes it whole and builds its windows)."""
+    import distilsent.classifier
+
+    read, seen = distilsent.classifier.read_windows, []
+
+    def spy(tokenizer, texts, *args, **kwargs):
+        seen.extend(texts)
+        return read(tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(distilsent.classifier, "read_windows", spy)
+    return seen
+
+
+def test_predict_refuses_a_text_over_max_windows_before_reading_it(tiny_model_dir, capsys, monkeypatch):
+    # The tiny model reads 64-token windows (62 content tokens, a start every 31): 3 windows hold 126 tokens.
+    clf = Classifier.load(tiny_model_dir, long_text="window")
+    fits, over = " ".join(["good"] * 124), " ".join(["good"] * 125)
+    assert [len(clf.windows([t]).sequences) for t in (fits, over)] == [3, 4]
+    seen = spy_on_reading(monkeypatch)
+    data = f"great\n{fits}\n{over}\nawful\n".encode()
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3"], capsys, data, monkeypatch)
+    assert code == 1
+    assert lines == clf(["great", fits])  # the lines before the refused one are answered, nothing after it
+    assert err == ("distilsent: error: line 3: the text needs more than 3 windows of 64 tokens; raise --max-windows, "
+                   "or pass --long-text truncate to read its first 64 tokens\n")
+    assert over not in seen
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3", "awful", over], capsys)
+    assert code == 1 and len(lines) == 1 and err.startswith("distilsent: error: text 2: the text needs more than 3")
+    code, lines, _ = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "4", over], capsys)
+    assert code == 0 and lines == clf([over])
+
+
+def test_predict_default_window_cap_refuses_a_huge_line_at_once(tiny_model_dir, capsys, monkeypatch):
+    import time
+
+    huge = ("not good at all " * 250_000).encode()  # 4 MB, a million tokens: tens of thousands of windows
+    start = time.perf_counter()
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, b"fine\n" + huge + b"\n", monkeypatch)
+    assert code == 1 and len(lines) == 1
+    assert "line 2: the text needs more than 128 windows of 64 tokens" in err and err.count("\n") == 1
+    assert time.perf_counter() - start < 20  # reading it whole takes longer than that, let alone its windows
+    code, lines, _ = run(["predict", "--model", str(tiny_model_dir), "--long-text", "truncate"], capsys,
+                         b"fine\n" + huge + b"\n", monkeypatch)
+    assert code == 0 and len(lines) == 2
+
+
+def test_eval_refuses_a_text_over_max_windows_before_evaluating(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import distilsent.evaluate
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated although a text is over the window limit")
+
+    data = labelled_file(tmp_path / "d.tsv", rows=4)
+    data.write_text(data.read_text() + " ".join(["good"] * 125) + "\t1\n")
+    monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
+    code = main(["eval", str(tiny_model_dir), str(data), "--max-windows", "3", "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"distilsent: error: {data}: example 5: the text needs more than 3 windows")

@@ -49,7 +49,8 @@ def write_table(path: Path, records: list[dict]) -> Path:
     else:
         with open(path, "w", encoding="utf-8", newline="") as handle:
             if fmt == "tsv":
-                handle.write("".join("\t".join(map(str, r.values())) + "\n" for r in [dict(zip(columns, columns))] + records))
+                lines = [dict(zip(columns, columns))] + records
+                handle.write("".join("\t".join(map(str, r.values())) + "\n" for r in lines))
             else:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
@@ -120,8 +121,8 @@ def test_csv_keeps_values_byte_for_byte(tmp_path, clf):
 
 
 def _cli(tmp_path, tiny_model_dir, *args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "distilsent", "score", *map(str, args), "--model", str(tiny_model_dir)],
-                          capture_output=True, cwd=tmp_path, **kwargs)
+    return subprocess.run([sys.executable, "-m", "distilsent", "score", *map(str, args), "--model",
+                           str(tiny_model_dir)], capture_output=True, cwd=tmp_path, **kwargs)
 
 
 def test_resume_after_a_killed_run_writes_the_same_bytes(tmp_path, tiny_model_dir):
@@ -225,7 +226,8 @@ def test_malformed_text_rows_carry_their_line_numbers(tmp_path, clf):
     summary = score_stream(clf, str(jsonl), str(tmp_path / "o.jsonl"), ScoreSettings(on_error="mark"),
                            progress=False, stderr=err)
     assert summary["marked"] == 2
-    assert "row 2 (line 3): invalid JSON" in err.getvalue() and "row 3 (line 4): expected a JSON object" in err.getvalue()
+    assert "row 2 (line 3): invalid JSON" in err.getvalue()
+    assert "row 3 (line 4): expected a JSON object" in err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -345,3 +347,27 @@ def test_resume_in_every_output_format(tmp_path, clf, monkeypatch, fmt):
     summary = score_stream(clf, str(source), str(target), settings, resume=True, progress=False)
     assert summary["resumed_chunks"] == 3 and summary["rows"] == summary["written"] == 50
     assert target.read_bytes() == reference.read_bytes()
+
+
+def test_max_windows_makes_an_over_long_text_a_bad_row(tmp_path, clf, tiny_model_dir, capsys, monkeypatch):
+    # The tiny model's 64-token windows start every 31 tokens: 3 windows hold 126 tokens, 124 words.
+    rows = [{"text": "great fun"}, {"text": " ".join(["good"] * 125)}, {"text": " ".join(["good"] * 124)}]
+    source = write_table(tmp_path / "in.jsonl", rows)
+    settings = {"long_text": "window", "max_windows": 3, "chunk_rows": 2}
+    with pytest.raises(DataError, match=r"row 2 \(line 2\): the text needs more than 3 windows of 64 tokens"):
+        score_stream(clf, str(source), str(tmp_path / "o.jsonl"), ScoreSettings(**settings), progress=False)
+    summary = score_stream(clf, str(source), str(tmp_path / "o.jsonl"), ScoreSettings(**settings, on_error="mark"),
+                           progress=False, stderr=io.StringIO())
+    assert summary["marked"] == 1
+    out = read_table(tmp_path / "o.jsonl")
+    assert out[1]["label"] is None and "more than 3 windows" in out[1]["error"]
+    assert [r["label"] for r in (out[0], out[2])] == [r["label"] for r in clf([rows[0]["text"], rows[2]["text"]],
+                                                                                long_text="window")]
+    # Truncated reading needs no windows: the limit does not apply.
+    assert score_stream(clf, str(source), str(tmp_path / "t.jsonl"), ScoreSettings(max_windows=3),
+                        progress=False)["written"] == 3
+    monkeypatch.chdir(tmp_path)
+    code = main(["score", "in.jsonl", "cli.jsonl", "--model", str(tiny_model_dir), "--long-text", "window",
+                 "--max-windows", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "row 2 (line 2): the text needs more than 3 windows" in err

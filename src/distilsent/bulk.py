@@ -32,7 +32,7 @@ from .data import TEXT_COLUMNS, detect_format, pick_column
 from .embeddings import POOLINGS
 from .errors import DataError, InputError
 from .long_text import aggregate as aggregate_windows
-from .long_text import check_strategy
+from .long_text import check_strategy, over_window_limit
 from .progress import Progress
 from .tables import Row, open_reader, open_writer, require_pyarrow
 
@@ -61,12 +61,15 @@ class ScoreSettings:
     aggregate: str | None = None
     window: int | None = None
     embeddings: str | None = None  # a pooling ("cls" or "mean"): add each text's embedding, see Classifier.embed
+    max_windows: int | None = None  # with "window" reading: a text needing more windows is a bad row
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
             raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
         if self.chunk_rows < 1:
             raise InputError("chunk_rows must be positive")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise InputError("max_windows must be positive")
         check_strategy(self.long_text or "truncate", self.aggregate or "mean")
         if self.embeddings not in (None, *POOLINGS):
             raise InputError(f"embeddings pooling must be one of {', '.join(POOLINGS)}, got {self.embeddings!r}")
@@ -113,6 +116,21 @@ class Scorer:
         if taken:
             raise DataError(f"{source} already has a column {taken[0]!r}; pass --prefix (e.g. --prefix pred_) "
                             "to name the new columns differently")
+
+    def window_problems(self, records: list[dict], problems: list[str | None]) -> list[str | None]:
+        """``problems`` plus the texts that ``max_windows`` refuses, found before their windows are built."""
+        clf, settings = self.clf, self.settings
+        if settings.max_windows is None or (settings.long_text or clf.long_text) != "window":
+            return problems
+        good = [i for i, p in enumerate(problems) if p is None]
+        window = settings.window or clf.window
+        over = over_window_limit(clf.tokenizer, [records[i][self.text_column] for i in good], settings.max_windows,
+                                 clf.max_length, stride=settings.stride or clf.stride, window=window)
+        problems = list(problems)
+        for k in over:
+            problems[good[k]] = (f"the text needs more than {settings.max_windows} windows of "
+                                 f"{min(window or clf.max_length, clf.max_length)} tokens (--max-windows)")
+        return problems
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports, from the same
@@ -284,7 +302,8 @@ def _layout(reader, first: list[Row], scorer: Scorer, fmt: str) -> Layout:
     columns = inputs + scorer.columns
     if fmt != "parquet":
         if scorer.settings.embeddings and fmt != "jsonl":
-            raise InputError(f"embeddings are lists of numbers, which {fmt.upper()} cannot hold; write JSONL or Parquet")
+            raise InputError(f"embeddings are lists of numbers, which {fmt.upper()} cannot hold; "
+                             "write JSONL or Parquet")
         return Layout(columns)
     pa = require_pyarrow()
     if getattr(reader, "schema", None) is not None:
@@ -339,7 +358,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
                 scorer.check_columns(layout.columns[: len(layout.columns) - len(scorer.columns)], source)
             for row in rows:
                 scorer.check_columns(row.record, source)
-            problems = bad.problems(rows, scorer.text_column)
+            problems = scorer.window_problems([r.record for r in rows], bad.problems(rows, scorer.text_column))
             keep = bad.apply(rows, problems)  # also for resumed chunks: the summary counts the whole file
             counts.add(Counts(rows=len(rows), written=len(keep), skipped=len(rows) - len(keep),
                               marked=sum(problems[i] is not None for i in keep)))

@@ -87,6 +87,26 @@ def long_text_options(p: argparse.ArgumentParser) -> None:
                         f"the most confident window (default: {DEFAULT_READING['aggregate']})")
 
 
+def _over_window_limit(clf, texts: list[str], args: argparse.Namespace) -> int | None:
+    """The index of the first text that ``--long-text window`` would read as more than ``--max-windows``
+    windows, found before any window is built; None when every text is within it."""
+    from .long_text import over_window_limit
+
+    if args.long_text != "window":
+        return None
+    over = over_window_limit(clf.tokenizer, texts, args.max_windows, clf.max_length, stride=clf.stride,
+                             window=clf.window)
+    return over[0] if over else None
+
+
+def _window_limit_error(where: str, clf, args: argparse.Namespace):
+    from .errors import InputError
+
+    return InputError(f"{where}: the text needs more than {args.max_windows} windows of "
+                      f"{min(clf.window or clf.max_length, clf.max_length)} tokens; raise --max-windows, or pass "
+                      f"--long-text truncate to read its first {clf.max_length} tokens")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .bulk import chunked
     from .classifier import Classifier
@@ -100,10 +120,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.neutral_below is not None:
         call["neutral_below"] = args.neutral_below
     out = sys.stdout
+    first_line = 1
     for texts in chunks:
-        for result in clf(texts, **call):
+        over = _over_window_limit(clf, texts, args)
+        # The texts before a refused one are answered, so the output ends exactly where the error points.
+        for result in clf(texts[:over], **call) if over != 0 else []:
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         out.flush()
+        if over is not None:
+            raise _window_limit_error(f"text {over + 1}" if args.texts else f"line {first_line + over}", clf, args)
+        first_line += len(texts)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -234,6 +260,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **_long_text(args))
     examples = read_examples(args.file, text_column=args.text_column, label_column=args.label_column,
                              labels=clf.labels, fmt=args.format)
+    over = _over_window_limit(clf, [e.text for e in examples], args)
+    if over is not None:
+        raise _window_limit_error(f"{args.file}: example {over + 1}", clf, args)
     result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.quiet)
     if args.plots:
         result["plots"] = [str(p) for p in plot(result, args.plots)]
@@ -257,7 +286,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
     model, tokenizer = convert_bert(args.bert_dir, args.labels, args.seed)
     card = model_card(Path(args.out).name, model.config,
-                      extra=f"Converted from the BERT checkpoint `{args.bert_dir}`; the classification head is untrained.")
+                      extra=f"Converted from the BERT checkpoint `{args.bert_dir}`; the classification head is "
+                            "untrained.")
     save_model(model, tokenizer, args.out, card=card)
     print(json.dumps({"model": str(args.out), "parameters": model.num_parameters()}))
 
@@ -349,7 +379,7 @@ def cmd_score(args: argparse.Namespace) -> None:
                          text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                          prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
                          long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
-                         window=args.window, embeddings=args.embeddings)
+                         window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -446,7 +476,8 @@ EXAMPLES = {
   DISTILSENT_CACHE=/big/disk distilsent predict "fine"  # keep the cache elsewhere""",
     "serve": """examples:
   distilsent serve --port 8000
-  curl -s localhost:8000/ -H 'content-type: application/json' -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
+  curl -s localhost:8000/ -H 'content-type: application/json' \\
+       -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
   distilsent serve --model ./my-model --host 0.0.0.0 --allowed-hosts api.example.com --workers 2 --max-wait-ms 2""",
 }
 
@@ -468,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str) -> argparse.ArgumentParser:
         return verbs.add_parser(
-            name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=help, description=help, epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     def data_format(p: argparse.ArgumentParser) -> None:
@@ -477,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def quiet(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    def max_windows(p: argparse.ArgumentParser, refused: str = "an error (exit 1)") -> None:
+        # The server's bound on one request: a 5,000-word review is ~100 windows of 128 tokens. Without it a
+        # 10 MB line (~35,000 windows) runs for a quarter of an hour before anything is printed.
+        limit = ServiceSettings().max_request_windows
+        p.add_argument("--max-windows", type=_positive_int, default=limit, metavar="N",
+                       help=f"with --long-text window: a text that needs more than N windows is {refused}, told "
+                            f"before it is read whole (default: {limit}, as serve's --max-request-windows)")
 
     p = verb("predict", "classify texts given as arguments, or one per line on stdin; JSON lines out")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
@@ -490,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     long_text_options(p)
+    max_windows(p)
     p.add_argument("--neutral-below", type=_probability, default=None, metavar="P",
                    help="binary models: label NEUTRAL when the best score is below P (choose P from the "
                         "risk-coverage curve of eval --plots; default: off)")
@@ -588,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--plots", default=None, metavar="DIR", help="write confusion-matrix and reliability PNGs")
     long_text_options(p)
+    max_windows(p)
     quiet(p)
     p.set_defaults(run=cmd_eval)
 
@@ -653,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int, default=None, help="--long-text window: tokens between windows")
     p.add_argument("--aggregate", choices=("mean", "max"), default=None,
                    help="--long-text window: combine windows by token-weighted mean (default) or the surest one")
+    max_windows(p, refused="a bad row (see --on-error)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads (default: all cores; with --engine ray: per actor, default 1)")
@@ -723,7 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_format(p)
     p.add_argument("--c", type=float, default=None, metavar="C",
                    help="inverse L2 strength of the logistic regression (default: cross-validated on the examples)")
-    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="backend for the features (default: onnx)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx",
+                   help="backend for the features (default: onnx)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.set_defaults(run=cmd_fewshot)
 
