@@ -371,3 +371,24 @@ def test_max_windows_makes_an_over_long_text_a_bad_row(tmp_path, clf, tiny_model
                  "--max-windows", "3", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "row 2 (line 2): the text needs more than 3 windows" in err
+
+
+@pytest.mark.parametrize("target, message", [
+    ("missing/dir/o.csv", "missing/dir/o.csv: no such directory missing/dir"),
+    ("/proc/o.csv", "/proc/o.csv: cannot create /proc/o.csv.partial: "),
+    ("taken.csv", "taken.csv is a directory; name the output file"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_and_creates_nothing(tmp_path, tiny_model_dir, capsys,
+                                                                          monkeypatch, target, message):
+    if target.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "in.csv", records(3))
+    (tmp_path / "taken.csv").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    code = main(["score", "in.csv", target, "--model", str(tiny_model_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"distilsent: error: {message}")
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(InputError, match=message):  # the library refuses alike
+        score_stream(Classifier.load(tiny_model_dir), "in.csv", target, ScoreSettings(), progress=False)

@@ -247,10 +247,13 @@ class PartsOutput:
                 self.done += 1
         else:
             shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory.mkdir(parents=True)
-            temporary = self.directory / (MANIFEST + ".tmp")
-            temporary.write_text(json.dumps(identity), encoding="utf-8")
-            os.replace(temporary, manifest)
+            try:
+                self.directory.mkdir()
+                temporary = self.directory / (MANIFEST + ".tmp")
+                temporary.write_text(json.dumps(identity), encoding="utf-8")
+                os.replace(temporary, manifest)
+            except OSError as e:
+                raise InputError(f"{target}: cannot create {self.directory}: {e.strerror}") from None
 
     def part(self, index: int) -> Path:
         return self.directory / f"{index:08d}.{self.fmt}"
@@ -325,6 +328,18 @@ def _file_identity(source: str) -> dict:
             "input_head_sha256": head}
 
 
+def check_target(target: str) -> None:
+    """Refuse an output file that cannot be written where it is named, before any work is done. A missing
+    directory is not created: a mistyped path would leave directories behind."""
+    if target == "-":
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise InputError(f"{target} is a directory; name the output file")
+    if not path.parent.is_dir():
+        raise InputError(f"{target}: no such directory {path.parent}")
+
+
 def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resume: bool = False,
                  progress: bool = True, in_format: str | None = None, out_format: str | None = None,
                  stderr=None) -> dict:
@@ -336,6 +351,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
         raise InputError("--resume needs files: stdin and stdout cannot be re-read or rewritten")
     if "-" not in (source, target) and Path(target).resolve() == Path(source).resolve():
         raise InputError(f"{target}: the output would overwrite the input")
+    check_target(target)
     start = time.perf_counter()
     reader = open_reader(source, in_fmt, batch_rows=settings.chunk_rows)
     try:
@@ -422,6 +438,7 @@ def score_file(source: str, target: str, *, model: str | None = None, threads: i
                             in_format=in_format, out_format=out_format, **(ray_options or {}))
     from .classifier import Classifier
 
+    check_target(target)  # before the model loads
     options = {"batch_size": settings.batch_size} if settings.batch_size else {}
     clf = Classifier.load(model, threads=threads, **options)
     return score_stream(clf, source, target, settings, resume=resume, progress=progress, in_format=in_format,
