@@ -286,3 +286,21 @@ def test_eval_refuses_a_text_over_max_windows_before_evaluating(tiny_model_dir, 
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"distilsent: error: {data}: example 5: the text needs more than 3 windows")
+
+
+# An executable's first bytes: the ELF header and its tables are mostly NUL bytes.
+BINARY = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 40
+
+
+@pytest.mark.parametrize("data", [BINARY, "a great film\nawful\n".encode("utf-16"),
+                                  bytes(range(128, 256)) * 8 + b"\ngreat\n"], ids=["elf", "utf-16", "high-bytes"])
+def test_predict_refuses_binary_stdin_in_one_line(tiny_model_dir, capsys, monkeypatch, data):
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
+    assert (code, lines) == (1, [])
+    assert err == "distilsent: error: stdin: not a text file (expected UTF-8 text)\n"
+
+
+def test_predict_keeps_text_with_a_few_bytes_of_another_encoding(tiny_model_dir, capsys, monkeypatch):
+    data = "a café in Zürich , a great film\n".encode("latin-1") * 3
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
+    assert code == 0 and len(lines) == 3 and err.count("invalid UTF-8 replaced") == 3

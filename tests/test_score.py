@@ -392,3 +392,23 @@ def test_an_output_that_cannot_be_written_is_one_line_and_creates_nothing(tmp_pa
     assert sorted(tmp_path.rglob("*")) == before
     with pytest.raises(InputError, match=message):  # the library refuses alike
         score_stream(Classifier.load(tiny_model_dir), "in.csv", target, ScoreSettings(), progress=False)
+
+
+def test_a_binary_file_is_not_a_text_file_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin.csv").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 40)
+    code = main(["score", "bin.csv", "out.csv", "--model", str(tiny_model_dir), "--quiet"])
+    assert code == 1
+    assert capsys.readouterr().err == "distilsent: error: bin.csv: not a text file (expected UTF-8 text)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin.csv"]
+
+
+def test_a_carriage_return_in_a_csv_field_is_named_as_such(tmp_path, clf):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'text\n"quoted\rcarriage return"\nbare\rcarriage return\nfine\n')
+    err = io.StringIO()
+    summary = score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(on_error="skip"),
+                           progress=False, stderr=err)
+    assert (summary["written"], summary["skipped"]) == (2, 1)
+    assert err.getvalue() == (f"distilsent: warning: {source}: row 2 (line 3): a carriage return (\\r) inside an "
+                              "unquoted field; quote the field, or end lines with \\n; skipped\n")

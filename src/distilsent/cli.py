@@ -40,7 +40,12 @@ def _positive_int(value: str) -> int:
 
 
 def _stdin_lines() -> Iterator[str]:
-    """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number."""
+    """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number.
+    Binary data (a NUL byte, or mostly invalid UTF-8, at the start) is refused before any line is read."""
+    from .data import looks_binary, not_text, peek_head
+
+    if looks_binary(peek_head(sys.stdin.buffer)):
+        raise not_text("-")
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         raw = raw.rstrip(b"\n").rstrip(b"\r")
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import HEAD_BYTES, looks_binary, not_text
 from .errors import DataError, InputError, MissingDependencyError
 
 PLACEHOLDER = "{term}"
@@ -92,9 +93,13 @@ BUILTIN = ("country", "gender")
 
 def _lines(path: str | Path) -> list[tuple[int, str]]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    if looks_binary(data[:HEAD_BYTES]):
+        raise not_text(str(path))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -211,7 +216,8 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
     for s in summaries:
         lines.append(
             f"| {s['probe']} | {s['sentences']} ({s['templates']} templates x {s['terms']} terms) | {s['mean']:.3f} "
-            f"| {s['spread']:.3f} | {s['std']:.3f} | {_fmt_terms(s['most_favoured'])} | {_fmt_terms(s['least_favoured'])} |"
+            f"| {s['spread']:.3f} | {s['std']:.3f} | {_fmt_terms(s['most_favoured'])} "
+            f"| {_fmt_terms(s['least_favoured'])} |"
         )
     for s in summaries:
         spreads = "; ".join(f"`{t}` {v['spread']:.3f}" for t, v in s["per_template"].items())
