@@ -156,22 +156,36 @@ def test_resume_after_a_killed_run_writes_the_same_bytes(tmp_path, tiny_model_di
     assert not partial.exists()
 
 
-def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf):
+def interrupt_at_chunk(monkeypatch, index: int) -> None:
+    """Ctrl-C while chunk ``index`` (from 0) is being scored."""
+    from distilsent.bulk import Scorer
+
+    score, calls = Scorer.score, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) > index:
+            raise KeyboardInterrupt
+        return score(self, *args)
+
+    monkeypatch.setattr(Scorer, "score", interrupted)
+
+
+def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf, monkeypatch):
     source = write_table(tmp_path / "in.csv", records(30))
     target = tmp_path / "out.csv"
     partial = tmp_path / "out.csv.partial"
     settings = ScoreSettings(chunk_rows=10)
-    # An interrupted run, simulated by a bad row in the last chunk that stops it after two chunks.
-    rows = records(30)
-    rows[25]["review"] = None
-    jsonl = write_table(tmp_path / "in.jsonl", rows)
-    with pytest.raises(DataError, match="row 26"):
-        score_stream(clf, str(jsonl), str(target), settings, progress=False)
+    jsonl = write_table(tmp_path / "in.jsonl", records(30))
+    with monkeypatch.context() as patched:
+        interrupt_at_chunk(patched, 2)
+        with pytest.raises(KeyboardInterrupt):
+            score_stream(clf, str(jsonl), str(target), settings, progress=False)
     assert not target.exists() and sorted(p.name for p in partial.glob("0*")) == ["00000000.csv", "00000001.csv"]
     with pytest.raises(InputError, match="on_error changed"):
         score_stream(clf, str(jsonl), str(target), ScoreSettings(chunk_rows=10, on_error="skip"), resume=True,
                      progress=False)
-    write_table(jsonl, records(30))
+    write_table(jsonl, records(29))
     with pytest.raises(InputError, match="cannot resume .* input_"):
         score_stream(clf, str(jsonl), str(target), settings, resume=True, progress=False)
     summary = score_stream(clf, str(source), str(target), settings, progress=False)  # no --resume: starts over
@@ -328,21 +342,11 @@ def test_resume_in_every_output_format(tmp_path, clf, monkeypatch, fmt):
     reference = tmp_path / f"reference.{fmt}"
     score_stream(clf, str(source), str(reference), settings, progress=False)
 
-    from distilsent.bulk import Scorer
-
-    real, calls = Scorer.score, []
-
-    def interrupted(self, records, problems):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the fourth chunk
-        return real(self, records, problems)
-
     target = tmp_path / f"out.{fmt}"
-    monkeypatch.setattr(Scorer, "score", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        score_stream(clf, str(source), str(target), settings, progress=False)
-    monkeypatch.setattr(Scorer, "score", real)
+    with monkeypatch.context() as patched:
+        interrupt_at_chunk(patched, 3)
+        with pytest.raises(KeyboardInterrupt):
+            score_stream(clf, str(source), str(target), settings, progress=False)
     assert not target.exists()
     summary = score_stream(clf, str(source), str(target), settings, resume=True, progress=False)
     assert summary["resumed_chunks"] == 3 and summary["rows"] == summary["written"] == 50
@@ -412,3 +416,35 @@ def test_a_carriage_return_in_a_csv_field_is_named_as_such(tmp_path, clf):
     assert (summary["written"], summary["skipped"]) == (2, 1)
     assert err.getvalue() == (f"distilsent: warning: {source}: row 2 (line 3): a carriage return (\\r) inside an "
                               "unquoted field; quote the field, or end lines with \\n; skipped\n")
+
+
+@pytest.mark.parametrize("bad", ["row", "columns"])
+def test_a_failed_run_leaves_no_partial_output(tmp_path, clf, bad):
+    rows = records(30)
+    if bad == "row":  # found in the third chunk: the same input would fail there again
+        rows[25]["review"] = None
+    else:  # the file already has the column score would add; found in the second chunk (JSONL keys per row)
+        rows[12]["label"] = "x"
+    source = write_table(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match="row 26" if bad == "row" else "already has a column 'label'"):
+        score_stream(clf, str(source), str(tmp_path / "out.csv"), ScoreSettings(chunk_rows=10), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_says_how_to_resume(tmp_path, tiny_model_dir, signum, code):
+    source = write_table(tmp_path / "big.csv", records(20_000))
+    partial = tmp_path / "out.csv.partial"
+    process = subprocess.Popen([sys.executable, "-m", "distilsent", "score", "big.csv", "out.csv", "--model",
+                                str(tiny_model_dir), "--chunk-rows", "100", "--quiet"], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial / "00000002.csv").is_file():
+        time.sleep(0.01)
+    process.send_signal(signum)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == code, err
+    assert err == ("distilsent: interrupted; the finished chunks are kept in out.csv.partial/: run the same command "
+                   "with --resume to go on from them\n")
+    resumed = _cli(tmp_path, tiny_model_dir, source, "out.csv", "--chunk-rows", "100", "--resume", "--quiet")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["resumed_chunks"] >= 3

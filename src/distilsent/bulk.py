@@ -30,7 +30,7 @@ import numpy as np
 
 from .data import TEXT_COLUMNS, detect_format, pick_column
 from .embeddings import POOLINGS
-from .errors import DataError, InputError
+from .errors import DataError, DistilsentError, InputError
 from .long_text import aggregate as aggregate_windows
 from .long_text import check_strategy, over_window_limit
 from .progress import Progress
@@ -286,7 +286,10 @@ class PartsOutput:
                     with open(self.part(index), "rb") as part:
                         shutil.copyfileobj(part, out)
         os.replace(joined, self.target)
-        shutil.rmtree(self.directory)
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
@@ -395,6 +398,12 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
             output.finish(layout)
         meter.total = counts.rows  # the estimate counted lines; a quoted CSV value may span several
         meter.close()
+    except DistilsentError:
+        # A bad row, clashing columns, an empty file: the same input fails the same way again, so --resume
+        # could make no use of the finished chunks. An interruption or a crash keeps them for --resume.
+        if output is not None:
+            output.discard()
+        raise
     finally:
         reader.close()
     seconds = time.perf_counter() - start

@@ -374,17 +374,37 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(result.terminal(colour=sys.stdout.isatty()))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a long verb stops as on Ctrl-C (and says what is kept)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def cmd_score(args: argparse.Namespace) -> None:
+    import signal
+
     from .bulk import score_file
 
     ray_options = {"address": args.address, "actors": args.actors, "shards": args.shards}
-    summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
-                         resume=args.resume, progress=not args.quiet, ray_options=ray_options,
-                         in_format=args.format, out_format=args.output_format,
-                         text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
-                         prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-                         long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
-                         window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
+                             resume=args.resume, progress=not args.quiet, ray_options=ray_options,
+                             in_format=args.format, out_format=args.output_format,
+                             text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
+                             prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
+                             long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
+                             window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
+    except KeyboardInterrupt:
+        partial = Path(args.output + ".partial")
+        if args.engine == "local" and "-" not in (args.input, args.output) and partial.is_dir():
+            print(f"distilsent: interrupted; the finished chunks are kept in {partial}/: run the same command with "
+                  "--resume to go on from them", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -805,8 +825,8 @@ def main(argv: list[str] | None = None) -> int:
     except DistilsentError as e:
         print(f"distilsent: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return 143 if isinstance(e, _Terminated) else 130  # 128 + the signal, as a shell reports it
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`); nothing left to report
         return 0
