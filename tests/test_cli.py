@@ -192,7 +192,8 @@ def test_eval_plots_without_matplotlib_fail_before_evaluating(tiny_model_dir, tm
     monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
     code = main(["eval", str(tiny_model_dir), str(labelled_file(tmp_path / "d.tsv")), "--plots", str(tmp_path)])
     assert code == 1
-    assert capsys.readouterr().err == "distilsent: error: plots need matplotlib: pip install 'distilsent[train]'\n"
+    assert capsys.readouterr().err == ("distilsent: error: plots need matplotlib: pip install matplotlib (or "
+                                       "'distilsent[train]', which also installs PyTorch)\n")
 
 
 def test_format_flag_reads_files_without_a_known_extension(tiny_model_dir, tmp_path, capsys):
@@ -304,3 +305,16 @@ def test_predict_keeps_text_with_a_few_bytes_of_another_encoding(tiny_model_dir,
     data = "a café in Zürich , a great film\n".encode("latin-1") * 3
     code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
     assert code == 0 and len(lines) == 3 and err.count("invalid UTF-8 replaced") == 3
+
+
+def test_export_parity_data_without_torch_is_an_error_before_exporting(tiny_model_dir, tmp_path):
+    data = str(labelled_file(tmp_path / "d.tsv"))
+    done = blocked("torch", ["export", str(tiny_model_dir), str(tmp_path / "int8"), "--int8", "--parity-data", data])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("distilsent: error: --parity-data compares the export with the PyTorch model, which needs "
+                           "torch: pip install 'distilsent[torch]'\n")
+    assert not (tmp_path / "int8").exists()
+    # Without --parity-data the comparison on the built-in sentences is a courtesy: it is skipped.
+    done = blocked("torch", ["export", str(tiny_model_dir), str(tmp_path / "plain"), "--quiet"])
+    assert done.returncode == 0, done.stderr
+    assert "parity: skipped" in done.stdout and (tmp_path / "plain" / "model.onnx").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -162,3 +163,18 @@ def test_a_binary_template_file_is_not_a_text_file(tmp_path):
     path.write_bytes(b"{term}\x00\x00\x00\x01" * 10)  # valid UTF-8, with a placeholder, but NUL bytes
     with pytest.raises(DataError, match="t.txt: not a text file"):
         read_templates(path)
+
+
+def test_cli_without_matplotlib_fails_before_probing(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import distilsent.probe
+
+    def run_probe(*args, **kwargs):
+        raise AssertionError("probed although the plots cannot be drawn")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(distilsent.probe, "run_probe", run_probe)
+    code = main(["bias-probe", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err == "distilsent: error: probe plots need matplotlib: pip install 'distilsent[probe]'\n"
+    assert not (tmp_path / "out").exists()

@@ -143,6 +143,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     texts, labels = list(PARITY_TEXTS), None
     if args.parity_data:
         from .data import read_examples
+        from .errors import MissingDependencyError
+
+        try:  # a comparison asked for that cannot run is an error, not a skipped line after the export
+            import torch  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--parity-data compares the export with the PyTorch model, which needs "
+                                         "torch: pip install 'distilsent[torch]'") from None
 
         examples = read_examples(args.parity_data, fmt=args.format)
         texts, labels = [e.text for e in examples], [e.label for e in examples]
@@ -329,6 +336,7 @@ def cmd_bias_probe(args: argparse.Namespace) -> None:
         BUILTIN,
         Probe,
         builtin_probe,
+        pyplot,
         read_templates,
         read_terms,
         run_probe,
@@ -336,6 +344,9 @@ def cmd_bias_probe(args: argparse.Namespace) -> None:
         update_card,
         write_report,
     )
+
+    if not args.no_plots:
+        pyplot()  # a missing matplotlib is reported now, not after every sentence has been classified
 
     if args.templates or args.terms:
         country = builtin_probe("country")

@@ -238,8 +238,9 @@ def write_csv(result: ProbeResult, path: Path) -> Path:
     return path
 
 
-def plot_bars(result: ProbeResult, path: Path) -> Path:
-    """Horizontal bars of every term's mean P(label), sorted, the overall mean as a line."""
+def pyplot():
+    """matplotlib's pyplot drawing to files; the command line asks for it before probing, so that a missing
+    matplotlib is reported before the work rather than after it."""
     try:
         import matplotlib
 
@@ -247,6 +248,12 @@ def plot_bars(result: ProbeResult, path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError("probe plots need matplotlib: pip install 'distilsent[probe]'") from None
+    return plt
+
+
+def plot_bars(result: ProbeResult, path: Path) -> Path:
+    """Horizontal bars of every term's mean P(label), sorted, the overall mean as a line."""
+    plt = pyplot()
     means = result.term_means()[::-1]  # barh draws bottom-up: the most favoured ends on top
     colours = {g: f"C{i}" for i, g in enumerate(sorted({t.group for t, _ in means if t.group}))}
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.14 * len(means) + 1.2)))
