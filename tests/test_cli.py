@@ -318,3 +318,18 @@ def test_export_parity_data_without_torch_is_an_error_before_exporting(tiny_mode
     done = blocked("torch", ["export", str(tiny_model_dir), str(tmp_path / "plain"), "--quiet"])
     assert done.returncode == 0, done.stderr
     assert "parity: skipped" in done.stdout and (tmp_path / "plain" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "onx"], "argument --backend: invalid choice: 'onx' (choose from 'onnx', 'torch')"),
+    (["--long-text", "wndow"], "argument --long-text: invalid choice: 'wndow' (choose from 'truncate', 'head_tail', "
+                               "'window')"),
+    (["--aggregate", "median"], "argument --aggregate: invalid choice: 'median' (choose from 'mean', 'max')"),
+    (["--port", "70000"], "argument --port: expected a port from 1 to 65535, got '70000'"),
+    (["--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
+])
+def test_serve_usage_errors_exit_2_with_the_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", *argv])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"distilsent serve: error: {message}"

@@ -39,6 +39,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return number
+
+
 def _stdin_lines() -> Iterator[str]:
     """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number.
     Binary data (a NUL byte, or mostly invalid UTF-8, at the start) is refused before any line is read."""
@@ -523,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
     from .config import LABELS
     from .data import FORMATS
+    from .long_text import AGGREGATIONS, STRATEGIES
     from .service_settings import ServiceSettings
 
     parser = argparse.ArgumentParser(
@@ -700,13 +711,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")
+    # A value outside a fixed set or range is a usage error (exit 2, listing the choices), told by argparse
+    # before anything loads; ServiceSettings checks the same for callers in Python.
+    choices = {"backend": tuple(BACKENDS), "long_text": STRATEGIES, "aggregate": AGGREGATIONS}
     for setting in dataclasses.fields(ServiceSettings):  # one source for the service's options and defaults
         flag, help = "--" + setting.name.replace("_", "-"), setting.metadata["help"]
         if setting.metadata.get("multiple"):
             p.add_argument(flag, action="append", metavar="NAME", help=f"{help}; repeat for more")
         else:
             shown = "" if setting.default is None or "(default" in help else f" (default: {setting.default})"
-            p.add_argument(flag, type=setting.metadata.get("type", type(setting.default)), default=setting.default,
+            kind = _port if setting.name == "port" else setting.metadata.get("type", type(setting.default))
+            p.add_argument(flag, type=kind, choices=choices.get(setting.name), default=setting.default,
                            help=help + shown)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=cmd_serve)
