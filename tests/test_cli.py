@@ -165,7 +165,8 @@ def test_train_out_that_is_a_file(tiny_model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "taken"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1
-    assert err == f"distilsent: error: the output {tmp_path / 'taken'} is a file; a run writes a directory (best/, metrics.json, ...)\n"
+    assert err == (f"distilsent: error: the output {tmp_path / 'taken'} is a file; a run writes a directory "
+                   "(best/, metrics.json, ...)\n")
 
 
 def test_train_stop_after_pauses_and_the_same_command_goes_on(tiny_model_dir, tmp_path, capsys):
@@ -191,7 +192,8 @@ def test_eval_plots_without_matplotlib_fail_before_evaluating(tiny_model_dir, tm
     monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
     code = main(["eval", str(tiny_model_dir), str(labelled_file(tmp_path / "d.tsv")), "--plots", str(tmp_path)])
     assert code == 1
-    assert capsys.readouterr().err == "distilsent: error: plots need matplotlib: pip install 'distilsent[train]'\n"
+    assert capsys.readouterr().err == ("distilsent: error: plots need matplotlib: pip install matplotlib (or "
+                                       "'distilsent[train]', which also installs PyTorch)\n")
 
 
 def test_format_flag_reads_files_without_a_known_extension(tiny_model_dir, tmp_path, capsys):
@@ -223,3 +225,111 @@ def test_export_parity_progress_on_stderr_unless_quiet(tiny_model_dir, tmp_path,
     assert err.startswith("parity: 24/24 texts (100%) ") and " in 0:00:" in err  # 12 texts, torch then ONNX
     assert main(["export", str(tiny_model_dir), str(tmp_path / "b"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def spy_on_reading(monkeypatch) -> list[str]:
+    """Every text that reaches the long-text reader (which tokenizes it whole and builds its windows)."""
+    import distilsent.classifier
+
+    read, seen = distilsent.classifier.read_windows, []
+
+    def spy(tokenizer, texts, *args, **kwargs):
+        seen.extend(texts)
+        return read(tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(distilsent.classifier, "read_windows", spy)
+    return seen
+
+
+def test_predict_refuses_a_text_over_max_windows_before_reading_it(tiny_model_dir, capsys, monkeypatch):
+    # The tiny model reads 64-token windows (62 content tokens, a start every 31): 3 windows hold 126 tokens.
+    clf = Classifier.load(tiny_model_dir, long_text="window")
+    fits, over = " ".join(["good"] * 124), " ".join(["good"] * 125)
+    assert [len(clf.windows([t]).sequences) for t in (fits, over)] == [3, 4]
+    seen = spy_on_reading(monkeypatch)
+    data = f"great\n{fits}\n{over}\nawful\n".encode()
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3"], capsys, data, monkeypatch)
+    assert code == 1
+    assert lines == clf(["great", fits])  # the lines before the refused one are answered, nothing after it
+    assert err == ("distilsent: error: line 3: the text needs more than 3 windows of 64 tokens; raise --max-windows, "
+                   "or pass --long-text truncate to read its first 64 tokens\n")
+    assert over not in seen
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3", "awful", over], capsys)
+    assert code == 1 and len(lines) == 1 and err.startswith("distilsent: error: text 2: the text needs more than 3")
+    code, lines, _ = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "4", over], capsys)
+    assert code == 0 and lines == clf([over])
+
+
+def test_predict_default_window_cap_refuses_a_huge_line_at_once(tiny_model_dir, capsys, monkeypatch):
+    import time
+
+    huge = ("not good at all " * 250_000).encode()  # 4 MB, a million tokens: tens of thousands of windows
+    start = time.perf_counter()
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, b"fine\n" + huge + b"\n", monkeypatch)
+    assert code == 1 and len(lines) == 1
+    assert "line 2: the text needs more than 128 windows of 64 tokens" in err and err.count("\n") == 1
+    assert time.perf_counter() - start < 20  # reading it whole takes longer than that, let alone its windows
+    code, lines, _ = run(["predict", "--model", str(tiny_model_dir), "--long-text", "truncate"], capsys,
+                         b"fine\n" + huge + b"\n", monkeypatch)
+    assert code == 0 and len(lines) == 2
+
+
+def test_eval_refuses_a_text_over_max_windows_before_evaluating(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import distilsent.evaluate
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated although a text is over the window limit")
+
+    data = labelled_file(tmp_path / "d.tsv", rows=4)
+    data.write_text(data.read_text() + " ".join(["good"] * 125) + "\t1\n")
+    monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
+    code = main(["eval", str(tiny_model_dir), str(data), "--max-windows", "3", "--quiet"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"distilsent: error: {data}: example 5: the text needs more than 3 windows")
+
+
+# An executable's first bytes: the ELF header and its tables are mostly NUL bytes.
+BINARY = b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 40
+
+
+@pytest.mark.parametrize("data", [BINARY, "a great film\nawful\n".encode("utf-16"),
+                                  bytes(range(128, 256)) * 8 + b"\ngreat\n"], ids=["elf", "utf-16", "high-bytes"])
+def test_predict_refuses_binary_stdin_in_one_line(tiny_model_dir, capsys, monkeypatch, data):
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
+    assert (code, lines) == (1, [])
+    assert err == "distilsent: error: stdin: not a text file (expected UTF-8 text)\n"
+
+
+def test_predict_keeps_text_with_a_few_bytes_of_another_encoding(tiny_model_dir, capsys, monkeypatch):
+    data = "a café in Zürich , a great film\n".encode("latin-1") * 3
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
+    assert code == 0 and len(lines) == 3 and err.count("invalid UTF-8 replaced") == 3
+
+
+def test_export_parity_data_without_torch_is_an_error_before_exporting(tiny_model_dir, tmp_path):
+    data = str(labelled_file(tmp_path / "d.tsv"))
+    done = blocked("torch", ["export", str(tiny_model_dir), str(tmp_path / "int8"), "--int8", "--parity-data", data])
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("distilsent: error: --parity-data compares the export with the PyTorch model, which needs "
+                           "torch: pip install 'distilsent[torch]'\n")
+    assert not (tmp_path / "int8").exists()
+    # Without --parity-data the comparison on the built-in sentences is a courtesy: it is skipped.
+    done = blocked("torch", ["export", str(tiny_model_dir), str(tmp_path / "plain"), "--quiet"])
+    assert done.returncode == 0, done.stderr
+    assert "parity: skipped" in done.stdout and (tmp_path / "plain" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backend", "onx"], "argument --backend: invalid choice: 'onx' (choose from 'onnx', 'torch')"),
+    (["--long-text", "wndow"], "argument --long-text: invalid choice: 'wndow' (choose from 'truncate', 'head_tail', "
+                               "'window')"),
+    (["--aggregate", "median"], "argument --aggregate: invalid choice: 'median' (choose from 'mean', 'max')"),
+    (["--port", "70000"], "argument --port: expected a port from 1 to 65535, got '70000'"),
+    (["--port", "0"], "argument --port: expected a port from 1 to 65535, got '0'"),
+])
+def test_serve_usage_errors_exit_2_with_the_choices(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", *argv])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"distilsent serve: error: {message}"

@@ -97,3 +97,33 @@ def test_split_examples_is_seeded_disjoint_and_complete():
     assert split_examples(examples, 0.1, seed=10)[1] != held
     with pytest.raises(DataError, match="fraction"):
         split_examples(examples, 1.0, seed=9)
+
+
+BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl"])
+def test_a_binary_file_is_not_a_text_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(BINARY)
+    with pytest.raises(DataError, match=r"^.*d\.\w+: not a text file \(expected UTF-8 text\)$"):
+        read_examples(path)
+
+
+def test_read_texts_refuses_binary_files_and_stdin(tmp_path, monkeypatch):
+    from distilsent.data import read_texts
+
+    path = tmp_path / "texts.txt"
+    path.write_bytes(BINARY)
+    with pytest.raises(DataError, match="texts.txt: not a text file"):
+        read_texts(path)
+
+    class Stdin:
+        buffer = io.BytesIO("one\ntwo\n".encode("utf-16"))
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    with pytest.raises(DataError, match="^stdin: not a text file"):
+        read_texts("-")
+    path.write_bytes("caf\u00e9 , great\nfine\n".encode("latin-1"))  # text, one byte of another encoding
+    with pytest.raises(DataError, match="texts.txt:1: invalid UTF-8"):
+        read_texts(path)

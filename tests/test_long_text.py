@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distilsent.errors import InputError
-from distilsent.long_text import WindowPlan, aggregate, head_tail, plan, truncate, window_starts
+from distilsent.long_text import WindowPlan, aggregate, head_tail, plan, truncate, window_starts, window_token_limit
 
 CLS, SEP = 101, 102
 
@@ -277,3 +277,13 @@ def test_predict_verb_reads_long_texts_and_abstains(tiny_model_dir, clf, capsys)
     assert json.loads(capsys.readouterr().out) == clf([LONG], long_text="window", window=16, aggregate="max")[0]
     assert main(["predict", *model, "--long-text", "window", "--window", "2", LONG]) == 1
     assert "window must leave room for [CLS], a token and [SEP], got 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("max_length, window, stride", [(512, None, None), (512, 128, None), (64, None, 7),
+                                                        (64, 16, 14), (32, 5, 1)])
+@pytest.mark.parametrize("max_windows", [1, 2, 3, 128])
+def test_window_token_limit_is_the_longest_text_within_that_many_windows(max_length, window, stride, max_windows):
+    limit = window_token_limit(max_windows, max_length, stride=stride, window=window)
+    windows = [len(plan([text(n - 2)], "window", max_length, stride=stride, window=window).sequences)
+               for n in (limit, limit + 1)]
+    assert windows[0] <= max_windows < windows[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -36,7 +37,8 @@ def clf(tiny_model_dir) -> Classifier:
 
 def test_every_sentence_is_scored_with_the_positive_probability_of_the_pipeline(clf):
     result = run_probe(clf, PROBE)
-    assert [(t, term.text) for t, term, _, _ in result.rows] == [(t, term.text) for t in PROBE.templates for term in TERMS]
+    expected = [(t, term.text) for t in PROBE.templates for term in TERMS]
+    assert [(t, term.text) for t, term, _, _ in result.rows] == expected
     sentences = [s for _, _, s, _ in result.rows]
     assert sentences[0] == "this film was filmed in france"
     expected = [next(d["score"] for d in out if d["label"] == "POSITIVE") for out in clf(sentences, top_k=None)]
@@ -154,3 +156,25 @@ def test_cli_bad_template_file_is_one_line_error(tiny_model_dir, tmp_path, capsy
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("distilsent: error:") and "line 2" in err and err.count("\n") == 1
+
+
+def test_a_binary_template_file_is_not_a_text_file(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"{term}\x00\x00\x00\x01" * 10)  # valid UTF-8, with a placeholder, but NUL bytes
+    with pytest.raises(DataError, match="t.txt: not a text file"):
+        read_templates(path)
+
+
+def test_cli_without_matplotlib_fails_before_probing(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import distilsent.probe
+
+    def run_probe(*args, **kwargs):
+        raise AssertionError("probed although the plots cannot be drawn")
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr(distilsent.probe, "run_probe", run_probe)
+    code = main(["bias-probe", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err == "distilsent: error: probe plots need matplotlib: pip install 'distilsent[probe]'\n"
+    assert not (tmp_path / "out").exists()

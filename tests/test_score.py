@@ -49,7 +49,8 @@ def write_table(path: Path, records: list[dict]) -> Path:
     else:
         with open(path, "w", encoding="utf-8", newline="") as handle:
             if fmt == "tsv":
-                handle.write("".join("\t".join(map(str, r.values())) + "\n" for r in [dict(zip(columns, columns))] + records))
+                lines = [dict(zip(columns, columns))] + records
+                handle.write("".join("\t".join(map(str, r.values())) + "\n" for r in lines))
             else:
                 writer = csv.writer(handle)
                 writer.writerow(columns)
@@ -120,8 +121,8 @@ def test_csv_keeps_values_byte_for_byte(tmp_path, clf):
 
 
 def _cli(tmp_path, tiny_model_dir, *args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "distilsent", "score", *map(str, args), "--model", str(tiny_model_dir)],
-                          capture_output=True, cwd=tmp_path, **kwargs)
+    return subprocess.run([sys.executable, "-m", "distilsent", "score", *map(str, args), "--model",
+                           str(tiny_model_dir)], capture_output=True, cwd=tmp_path, **kwargs)
 
 
 def test_resume_after_a_killed_run_writes_the_same_bytes(tmp_path, tiny_model_dir):
@@ -155,22 +156,36 @@ def test_resume_after_a_killed_run_writes_the_same_bytes(tmp_path, tiny_model_di
     assert not partial.exists()
 
 
-def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf):
+def interrupt_at_chunk(monkeypatch, index: int) -> None:
+    """Ctrl-C while chunk ``index`` (from 0) is being scored."""
+    from distilsent.bulk import Scorer
+
+    score, calls = Scorer.score, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) > index:
+            raise KeyboardInterrupt
+        return score(self, *args)
+
+    monkeypatch.setattr(Scorer, "score", interrupted)
+
+
+def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf, monkeypatch):
     source = write_table(tmp_path / "in.csv", records(30))
     target = tmp_path / "out.csv"
     partial = tmp_path / "out.csv.partial"
     settings = ScoreSettings(chunk_rows=10)
-    # An interrupted run, simulated by a bad row in the last chunk that stops it after two chunks.
-    rows = records(30)
-    rows[25]["review"] = None
-    jsonl = write_table(tmp_path / "in.jsonl", rows)
-    with pytest.raises(DataError, match="row 26"):
-        score_stream(clf, str(jsonl), str(target), settings, progress=False)
+    jsonl = write_table(tmp_path / "in.jsonl", records(30))
+    with monkeypatch.context() as patched:
+        interrupt_at_chunk(patched, 2)
+        with pytest.raises(KeyboardInterrupt):
+            score_stream(clf, str(jsonl), str(target), settings, progress=False)
     assert not target.exists() and sorted(p.name for p in partial.glob("0*")) == ["00000000.csv", "00000001.csv"]
     with pytest.raises(InputError, match="on_error changed"):
         score_stream(clf, str(jsonl), str(target), ScoreSettings(chunk_rows=10, on_error="skip"), resume=True,
                      progress=False)
-    write_table(jsonl, records(30))
+    write_table(jsonl, records(29))
     with pytest.raises(InputError, match="cannot resume .* input_"):
         score_stream(clf, str(jsonl), str(target), settings, resume=True, progress=False)
     summary = score_stream(clf, str(source), str(target), settings, progress=False)  # no --resume: starts over
@@ -225,7 +240,8 @@ def test_malformed_text_rows_carry_their_line_numbers(tmp_path, clf):
     summary = score_stream(clf, str(jsonl), str(tmp_path / "o.jsonl"), ScoreSettings(on_error="mark"),
                            progress=False, stderr=err)
     assert summary["marked"] == 2
-    assert "row 2 (line 3): invalid JSON" in err.getvalue() and "row 3 (line 4): expected a JSON object" in err.getvalue()
+    assert "row 2 (line 3): invalid JSON" in err.getvalue()
+    assert "row 3 (line 4): expected a JSON object" in err.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -326,22 +342,109 @@ def test_resume_in_every_output_format(tmp_path, clf, monkeypatch, fmt):
     reference = tmp_path / f"reference.{fmt}"
     score_stream(clf, str(source), str(reference), settings, progress=False)
 
-    from distilsent.bulk import Scorer
-
-    real, calls = Scorer.score, []
-
-    def interrupted(self, records, problems):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the fourth chunk
-        return real(self, records, problems)
-
     target = tmp_path / f"out.{fmt}"
-    monkeypatch.setattr(Scorer, "score", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        score_stream(clf, str(source), str(target), settings, progress=False)
-    monkeypatch.setattr(Scorer, "score", real)
+    with monkeypatch.context() as patched:
+        interrupt_at_chunk(patched, 3)
+        with pytest.raises(KeyboardInterrupt):
+            score_stream(clf, str(source), str(target), settings, progress=False)
     assert not target.exists()
     summary = score_stream(clf, str(source), str(target), settings, resume=True, progress=False)
     assert summary["resumed_chunks"] == 3 and summary["rows"] == summary["written"] == 50
     assert target.read_bytes() == reference.read_bytes()
+
+
+def test_max_windows_makes_an_over_long_text_a_bad_row(tmp_path, clf, tiny_model_dir, capsys, monkeypatch):
+    # The tiny model's 64-token windows start every 31 tokens: 3 windows hold 126 tokens, 124 words.
+    rows = [{"text": "great fun"}, {"text": " ".join(["good"] * 125)}, {"text": " ".join(["good"] * 124)}]
+    source = write_table(tmp_path / "in.jsonl", rows)
+    settings = {"long_text": "window", "max_windows": 3, "chunk_rows": 2}
+    with pytest.raises(DataError, match=r"row 2 \(line 2\): the text needs more than 3 windows of 64 tokens"):
+        score_stream(clf, str(source), str(tmp_path / "o.jsonl"), ScoreSettings(**settings), progress=False)
+    summary = score_stream(clf, str(source), str(tmp_path / "o.jsonl"), ScoreSettings(**settings, on_error="mark"),
+                           progress=False, stderr=io.StringIO())
+    assert summary["marked"] == 1
+    out = read_table(tmp_path / "o.jsonl")
+    assert out[1]["label"] is None and "more than 3 windows" in out[1]["error"]
+    assert [r["label"] for r in (out[0], out[2])] == [r["label"] for r in clf([rows[0]["text"], rows[2]["text"]],
+                                                                                long_text="window")]
+    # Truncated reading needs no windows: the limit does not apply.
+    assert score_stream(clf, str(source), str(tmp_path / "t.jsonl"), ScoreSettings(max_windows=3),
+                        progress=False)["written"] == 3
+    monkeypatch.chdir(tmp_path)
+    code = main(["score", "in.jsonl", "cli.jsonl", "--model", str(tiny_model_dir), "--long-text", "window",
+                 "--max-windows", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "row 2 (line 2): the text needs more than 3 windows" in err
+
+
+@pytest.mark.parametrize("target, message", [
+    ("missing/dir/o.csv", "missing/dir/o.csv: no such directory missing/dir"),
+    ("/proc/o.csv", "/proc/o.csv: cannot create /proc/o.csv.partial: "),
+    ("taken.csv", "taken.csv is a directory; name the output file"),
+])
+def test_an_output_that_cannot_be_written_is_one_line_and_creates_nothing(tmp_path, tiny_model_dir, capsys,
+                                                                          monkeypatch, target, message):
+    if target.startswith("/proc") and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    monkeypatch.chdir(tmp_path)
+    write_table(tmp_path / "in.csv", records(3))
+    (tmp_path / "taken.csv").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    code = main(["score", "in.csv", target, "--model", str(tiny_model_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"distilsent: error: {message}")
+    assert sorted(tmp_path.rglob("*")) == before
+    with pytest.raises(InputError, match=message):  # the library refuses alike
+        score_stream(Classifier.load(tiny_model_dir), "in.csv", target, ScoreSettings(), progress=False)
+
+
+def test_a_binary_file_is_not_a_text_file_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin.csv").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 40)
+    code = main(["score", "bin.csv", "out.csv", "--model", str(tiny_model_dir), "--quiet"])
+    assert code == 1
+    assert capsys.readouterr().err == "distilsent: error: bin.csv: not a text file (expected UTF-8 text)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin.csv"]
+
+
+def test_a_carriage_return_in_a_csv_field_is_named_as_such(tmp_path, clf):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'text\n"quoted\rcarriage return"\nbare\rcarriage return\nfine\n')
+    err = io.StringIO()
+    summary = score_stream(clf, str(source), str(tmp_path / "o.csv"), ScoreSettings(on_error="skip"),
+                           progress=False, stderr=err)
+    assert (summary["written"], summary["skipped"]) == (2, 1)
+    assert err.getvalue() == (f"distilsent: warning: {source}: row 2 (line 3): a carriage return (\\r) inside an "
+                              "unquoted field; quote the field, or end lines with \\n; skipped\n")
+
+
+@pytest.mark.parametrize("bad", ["row", "columns"])
+def test_a_failed_run_leaves_no_partial_output(tmp_path, clf, bad):
+    rows = records(30)
+    if bad == "row":  # found in the third chunk: the same input would fail there again
+        rows[25]["review"] = None
+    else:  # the file already has the column score would add; found in the second chunk (JSONL keys per row)
+        rows[12]["label"] = "x"
+    source = write_table(tmp_path / "in.jsonl", rows)
+    with pytest.raises(DataError, match="row 26" if bad == "row" else "already has a column 'label'"):
+        score_stream(clf, str(source), str(tmp_path / "out.csv"), ScoreSettings(chunk_rows=10), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_says_how_to_resume(tmp_path, tiny_model_dir, signum, code):
+    source = write_table(tmp_path / "big.csv", records(20_000))
+    partial = tmp_path / "out.csv.partial"
+    process = subprocess.Popen([sys.executable, "-m", "distilsent", "score", "big.csv", "out.csv", "--model",
+                                str(tiny_model_dir), "--chunk-rows", "100", "--quiet"], cwd=tmp_path,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial / "00000002.csv").is_file():
+        time.sleep(0.01)
+    process.send_signal(signum)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == code, err
+    assert err == ("distilsent: interrupted; the finished chunks are kept in out.csv.partial/: run the same command "
+                   "with --resume to go on from them\n")
+    resumed = _cli(tmp_path, tiny_model_dir, source, "out.csv", "--chunk-rows", "100", "--resume", "--quiet")
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["resumed_chunks"] >= 3

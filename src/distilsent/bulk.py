@@ -30,9 +30,9 @@ import numpy as np
 
 from .data import TEXT_COLUMNS, detect_format, pick_column
 from .embeddings import POOLINGS
-from .errors import DataError, InputError
+from .errors import DataError, DistilsentError, InputError
 from .long_text import aggregate as aggregate_windows
-from .long_text import check_strategy
+from .long_text import check_strategy, over_window_limit
 from .progress import Progress
 from .tables import Row, open_reader, open_writer, require_pyarrow
 
@@ -56,17 +56,20 @@ class ScoreSettings:
     prefix: str = ""
     chunk_rows: int = CHUNK_ROWS
     batch_size: int | None = None
-    long_text: str | None = None  # None: the classifier's own (truncate); see distilsent.long_text
+    long_text: str | None = None  # None: the classifier's own (the model's reading); see distilsent.long_text
     stride: int | None = None
     aggregate: str | None = None
     window: int | None = None
     embeddings: str | None = None  # a pooling ("cls" or "mean"): add each text's embedding, see Classifier.embed
+    max_windows: int | None = None  # with "window" reading: a text needing more windows is a bad row
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
             raise InputError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
         if self.chunk_rows < 1:
             raise InputError("chunk_rows must be positive")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise InputError("max_windows must be positive")
         check_strategy(self.long_text or "truncate", self.aggregate or "mean")
         if self.embeddings not in (None, *POOLINGS):
             raise InputError(f"embeddings pooling must be one of {', '.join(POOLINGS)}, got {self.embeddings!r}")
@@ -113,6 +116,21 @@ class Scorer:
         if taken:
             raise DataError(f"{source} already has a column {taken[0]!r}; pass --prefix (e.g. --prefix pred_) "
                             "to name the new columns differently")
+
+    def window_problems(self, records: list[dict], problems: list[str | None]) -> list[str | None]:
+        """``problems`` plus the texts that ``max_windows`` refuses, found before their windows are built."""
+        clf, settings = self.clf, self.settings
+        if settings.max_windows is None or (settings.long_text or clf.long_text) != "window":
+            return problems
+        good = [i for i, p in enumerate(problems) if p is None]
+        window = settings.window or clf.window
+        over = over_window_limit(clf.tokenizer, [records[i][self.text_column] for i in good], settings.max_windows,
+                                 clf.max_length, stride=settings.stride or clf.stride, window=window)
+        problems = list(problems)
+        for k in over:
+            problems[good[k]] = (f"the text needs more than {settings.max_windows} windows of "
+                                 f"{min(window or clf.max_length, clf.max_length)} tokens (--max-windows)")
+        return problems
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports, from the same
@@ -229,10 +247,13 @@ class PartsOutput:
                 self.done += 1
         else:
             shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory.mkdir(parents=True)
-            temporary = self.directory / (MANIFEST + ".tmp")
-            temporary.write_text(json.dumps(identity), encoding="utf-8")
-            os.replace(temporary, manifest)
+            try:
+                self.directory.mkdir()
+                temporary = self.directory / (MANIFEST + ".tmp")
+                temporary.write_text(json.dumps(identity), encoding="utf-8")
+                os.replace(temporary, manifest)
+            except OSError as e:
+                raise InputError(f"{target}: cannot create {self.directory}: {e.strerror}") from None
 
     def part(self, index: int) -> Path:
         return self.directory / f"{index:08d}.{self.fmt}"
@@ -265,7 +286,10 @@ class PartsOutput:
                     with open(self.part(index), "rb") as part:
                         shutil.copyfileobj(part, out)
         os.replace(joined, self.target)
-        shutil.rmtree(self.directory)
+        self.discard()
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
@@ -284,7 +308,8 @@ def _layout(reader, first: list[Row], scorer: Scorer, fmt: str) -> Layout:
     columns = inputs + scorer.columns
     if fmt != "parquet":
         if scorer.settings.embeddings and fmt != "jsonl":
-            raise InputError(f"embeddings are lists of numbers, which {fmt.upper()} cannot hold; write JSONL or Parquet")
+            raise InputError(f"embeddings are lists of numbers, which {fmt.upper()} cannot hold; "
+                             "write JSONL or Parquet")
         return Layout(columns)
     pa = require_pyarrow()
     if getattr(reader, "schema", None) is not None:
@@ -306,6 +331,18 @@ def _file_identity(source: str) -> dict:
             "input_head_sha256": head}
 
 
+def check_target(target: str) -> None:
+    """Refuse an output file that cannot be written where it is named, before any work is done. A missing
+    directory is not created: a mistyped path would leave directories behind."""
+    if target == "-":
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise InputError(f"{target} is a directory; name the output file")
+    if not path.parent.is_dir():
+        raise InputError(f"{target}: no such directory {path.parent}")
+
+
 def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resume: bool = False,
                  progress: bool = True, in_format: str | None = None, out_format: str | None = None,
                  stderr=None) -> dict:
@@ -317,6 +354,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
         raise InputError("--resume needs files: stdin and stdout cannot be re-read or rewritten")
     if "-" not in (source, target) and Path(target).resolve() == Path(source).resolve():
         raise InputError(f"{target}: the output would overwrite the input")
+    check_target(target)
     start = time.perf_counter()
     reader = open_reader(source, in_fmt, batch_rows=settings.chunk_rows)
     try:
@@ -339,7 +377,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
                 scorer.check_columns(layout.columns[: len(layout.columns) - len(scorer.columns)], source)
             for row in rows:
                 scorer.check_columns(row.record, source)
-            problems = bad.problems(rows, scorer.text_column)
+            problems = scorer.window_problems([r.record for r in rows], bad.problems(rows, scorer.text_column))
             keep = bad.apply(rows, problems)  # also for resumed chunks: the summary counts the whole file
             counts.add(Counts(rows=len(rows), written=len(keep), skipped=len(rows) - len(keep),
                               marked=sum(problems[i] is not None for i in keep)))
@@ -360,6 +398,12 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
             output.finish(layout)
         meter.total = counts.rows  # the estimate counted lines; a quoted CSV value may span several
         meter.close()
+    except DistilsentError:
+        # A bad row, clashing columns, an empty file: the same input fails the same way again, so --resume
+        # could make no use of the finished chunks. An interruption or a crash keeps them for --resume.
+        if output is not None:
+            output.discard()
+        raise
     finally:
         reader.close()
     seconds = time.perf_counter() - start
@@ -403,6 +447,7 @@ def score_file(source: str, target: str, *, model: str | None = None, threads: i
                             in_format=in_format, out_format=out_format, **(ray_options or {}))
     from .classifier import Classifier
 
+    check_target(target)  # before the model loads
     options = {"batch_size": settings.batch_size} if settings.batch_size else {}
     clf = Classifier.load(model, threads=threads, **options)
     return score_stream(clf, source, target, settings, resume=resume, progress=progress, in_format=in_format,

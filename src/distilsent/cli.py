@@ -39,8 +39,23 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return number
+
+
 def _stdin_lines() -> Iterator[str]:
-    """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number."""
+    """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number.
+    Binary data (a NUL byte, or mostly invalid UTF-8, at the start) is refused before any line is read."""
+    from .data import looks_binary, not_text, peek_head
+
+    if looks_binary(peek_head(sys.stdin.buffer)):
+        raise not_text("-")
     for number, raw in enumerate(sys.stdin.buffer, start=1):
         raw = raw.rstrip(b"\n").rstrip(b"\r")
         try:
@@ -83,6 +98,26 @@ def long_text_options(p: argparse.ArgumentParser) -> None:
                         "the most confident window (default: the model's reading, else mean)")
 
 
+def _over_window_limit(clf, texts: list[str], args: argparse.Namespace) -> int | None:
+    """The index of the first text that ``--long-text window`` would read as more than ``--max-windows``
+    windows, found before any window is built; None when every text is within it."""
+    from .long_text import over_window_limit
+
+    if clf.long_text != "window":  # the reading given, else the model's own
+        return None
+    over = over_window_limit(clf.tokenizer, texts, args.max_windows, clf.max_length, stride=clf.stride,
+                             window=clf.window)
+    return over[0] if over else None
+
+
+def _window_limit_error(where: str, clf, args: argparse.Namespace):
+    from .errors import InputError
+
+    return InputError(f"{where}: the text needs more than {args.max_windows} windows of "
+                      f"{min(clf.window or clf.max_length, clf.max_length)} tokens; raise --max-windows, or pass "
+                      f"--long-text truncate to read its first {clf.max_length} tokens")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from .bulk import chunked
     from .classifier import Classifier
@@ -96,10 +131,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.neutral_below is not None:
         call["neutral_below"] = args.neutral_below
     out = sys.stdout
+    first_line = 1
     for texts in chunks:
-        for result in clf(texts, **call):
+        over = _over_window_limit(clf, texts, args)
+        # The texts before a refused one are answered, so the output ends exactly where the error points.
+        for result in clf(texts[:over], **call) if over != 0 else []:
             out.write(json.dumps(result, ensure_ascii=False) + "\n")
         out.flush()
+        if over is not None:
+            raise _window_limit_error(f"text {over + 1}" if args.texts else f"line {first_line + over}", clf, args)
+        first_line += len(texts)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -108,6 +149,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     texts, labels = list(PARITY_TEXTS), None
     if args.parity_data:
         from .data import read_examples
+        from .errors import MissingDependencyError
+
+        try:  # a comparison asked for that cannot run is an error, not a skipped line after the export
+            import torch  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError("--parity-data compares the export with the PyTorch model, which needs "
+                                         "torch: pip install 'distilsent[torch]'") from None
 
         examples = read_examples(args.parity_data, fmt=args.format)
         texts, labels = [e.text for e in examples], [e.label for e in examples]
@@ -257,6 +305,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # One file is one source: its figures are the whole; several also get a table each.
     examples = read_sources(sources, labels=clf.labels) if len(sources) > 1 else \
         read_examples(sources[0].path, labels=clf.labels, label_map=sources[0].label_map, **columns)
+    over = _over_window_limit(clf, [e.text for e in examples], args)
+    if over is not None:
+        where = f"{examples[over].source}: example" if len(sources) > 1 else f"{args.files[0]}: example"
+        raise _window_limit_error(f"{where} {over + 1}", clf, args)
     result = evaluate(clf, examples, batch_size=args.batch_size, progress=not args.quiet)
     if args.plots:
         result["plots"] = [str(p) for p in plot(result, args.plots)]
@@ -280,7 +332,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
     model, tokenizer = convert_bert(args.bert_dir, args.labels, args.seed)
     card = model_card(Path(args.out).name, model.config,
-                      extra=f"Converted from the BERT checkpoint `{args.bert_dir}`; the classification head is untrained.")
+                      extra=f"Converted from the BERT checkpoint `{args.bert_dir}`; the classification head is "
+                            "untrained.")
     save_model(model, tokenizer, args.out, card=card)
     print(json.dumps({"model": str(args.out), "parameters": model.num_parameters()}))
 
@@ -317,6 +370,7 @@ def cmd_bias_probe(args: argparse.Namespace) -> None:
         BUILTIN,
         Probe,
         builtin_probe,
+        pyplot,
         read_templates,
         read_terms,
         run_probe,
@@ -324,6 +378,9 @@ def cmd_bias_probe(args: argparse.Namespace) -> None:
         update_card,
         write_report,
     )
+
+    if not args.no_plots:
+        pyplot()  # a missing matplotlib is reported now, not after every sentence has been classified
 
     if args.templates or args.terms:
         country = builtin_probe("country")
@@ -362,17 +419,37 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(result.terminal(colour=sys.stdout.isatty()))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a long verb stops as on Ctrl-C (and says what is kept)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def cmd_score(args: argparse.Namespace) -> None:
+    import signal
+
     from .bulk import score_file
 
     ray_options = {"address": args.address, "actors": args.actors, "shards": args.shards}
-    summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
-                         resume=args.resume, progress=not args.quiet, ray_options=ray_options,
-                         in_format=args.format, out_format=args.output_format,
-                         text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
-                         prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-                         long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
-                         window=args.window, embeddings=args.embeddings)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
+                             resume=args.resume, progress=not args.quiet, ray_options=ray_options,
+                             in_format=args.format, out_format=args.output_format,
+                             text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
+                             prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
+                             long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
+                             window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
+    except KeyboardInterrupt:
+        partial = Path(args.output + ".partial")
+        if args.engine == "local" and "-" not in (args.input, args.output) and partial.is_dir():
+            print(f"distilsent: interrupted; the finished chunks are kept in {partial}/: run the same command with "
+                  "--resume to go on from them", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     # The summary goes where the scored rows do not: stdout, unless the rows themselves go there.
     print(json.dumps(summary), file=sys.stderr if args.output == "-" else sys.stdout)
 
@@ -471,7 +548,8 @@ EXAMPLES = {
   DISTILSENT_CACHE=/big/disk distilsent predict "fine"  # keep the cache elsewhere""",
     "serve": """examples:
   distilsent serve --port 8000
-  curl -s localhost:8000/ -H 'content-type: application/json' -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
+  curl -s localhost:8000/ -H 'content-type: application/json' \\
+       -d '{"inputs": "a gripping film", "parameters": {"top_k": null}}'
   distilsent serve --model ./my-model --host 0.0.0.0 --allowed-hosts api.example.com --workers 2 --max-wait-ms 2""",
 }
 
@@ -481,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
     from .config import LABELS
     from .data import FORMATS
+    from .long_text import AGGREGATIONS, STRATEGIES
     from .service_settings import ServiceSettings
 
     parser = argparse.ArgumentParser(
@@ -493,7 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str) -> argparse.ArgumentParser:
         return verbs.add_parser(
-            name, help=help, description=help, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+            name, help=help, description=help, epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     def data_format(p: argparse.ArgumentParser) -> None:
@@ -502,6 +582,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def quiet(p: argparse.ArgumentParser) -> None:
         p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    def max_windows(p: argparse.ArgumentParser, refused: str = "an error (exit 1)") -> None:
+        # The server's bound on one request: a 5,000-word review is ~100 windows of 128 tokens. Without it a
+        # 10 MB line (~35,000 windows) runs for a quarter of an hour before anything is printed.
+        limit = ServiceSettings().max_request_windows
+        p.add_argument("--max-windows", type=_positive_int, default=limit, metavar="N",
+                       help=f"with --long-text window: a text that needs more than N windows is {refused}, told "
+                            f"before it is read whole (default: {limit}, as serve's --max-request-windows)")
 
     p = verb("predict", "classify texts given as arguments, or one per line on stdin; JSON lines out")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: read stdin)")
@@ -515,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     long_text_options(p)
+    max_windows(p)
     p.add_argument("--neutral-below", type=_probability, default=None, metavar="P",
                    help="binary models: label NEUTRAL when the best score is below P (choose P from the "
                         "risk-coverage curve of eval --plots; default: off)")
@@ -626,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="FILE", help="also write the JSON to FILE")
     p.add_argument("--plots", default=None, metavar="DIR", help="write confusion-matrix and reliability PNGs")
     long_text_options(p)
+    max_windows(p)
     quiet(p)
     p.set_defaults(run=cmd_eval)
 
@@ -660,13 +750,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_export)
 
     p = verb("serve", "serve a model over HTTP (Hugging Face Inference API and TEI routes), batching requests")
+    # A value outside a fixed set or range is a usage error (exit 2, listing the choices), told by argparse
+    # before anything loads; ServiceSettings checks the same for callers in Python.
+    choices = {"backend": tuple(BACKENDS), "long_text": STRATEGIES, "aggregate": AGGREGATIONS}
     for setting in dataclasses.fields(ServiceSettings):  # one source for the service's options and defaults
         flag, help = "--" + setting.name.replace("_", "-"), setting.metadata["help"]
         if setting.metadata.get("multiple"):
             p.add_argument(flag, action="append", metavar="NAME", help=f"{help}; repeat for more")
         else:
             shown = "" if setting.default is None or "(default" in help else f" (default: {setting.default})"
-            p.add_argument(flag, type=setting.metadata.get("type", type(setting.default)), default=setting.default,
+            kind = _port if setting.name == "port" else setting.metadata.get("type", type(setting.default))
+            p.add_argument(flag, type=kind, choices=choices.get(setting.name), default=setting.default,
                            help=help + shown)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(run=cmd_serve)
@@ -691,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int, default=None, help="--long-text window: tokens between windows")
     p.add_argument("--aggregate", choices=("mean", "max"), default=None,
                    help="--long-text window: combine windows by token-weighted mean (default) or the surest one")
+    max_windows(p, refused="a bad row (see --on-error)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads (default: all cores; with --engine ray: per actor, default 1)")
@@ -761,7 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_format(p)
     p.add_argument("--c", type=float, default=None, metavar="C",
                    help="inverse L2 strength of the logistic regression (default: cross-validated on the examples)")
-    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx", help="backend for the features (default: onnx)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnx",
+                   help="backend for the features (default: onnx)")
     p.add_argument("--max-length", type=_positive_int, default=None, help="truncate texts to this many tokens")
     p.set_defaults(run=cmd_fewshot)
 
@@ -794,8 +890,8 @@ def main(argv: list[str] | None = None) -> int:
     except DistilsentError as e:
         print(f"distilsent: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return 143 if isinstance(e, _Terminated) else 130  # 128 + the signal, as a shell reports it
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`); nothing left to report
         return 0

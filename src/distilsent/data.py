@@ -24,6 +24,33 @@ TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
 LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class", "stars", "rating")
 ALIASES = {"pos": "positive", "neg": "negative", "+": "positive", "-": "negative"}
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
+HEAD_BYTES = 8192  # how much of a file tells text from binary
+
+
+def looks_binary(head: bytes) -> bool:
+    """Whether a file's first bytes say it is not UTF-8 text: a NUL byte (text has none; nearly every binary
+    format, UTF-16 included, has them at once), or more invalid UTF-8 than text in another 8-bit encoding
+    (Latin-1 reviews: a few accented letters) would give. Read as lines, such a file becomes hundreds of
+    made-up texts and warnings instead of one clear error."""
+    if b"\0" in head:
+        return True
+    text = head.decode("utf-8", errors="replace")
+    return text.count("\ufffd") > len(text) // 4
+
+
+def not_text(path: str) -> DataError:
+    return DataError(f"{'stdin' if path == '-' else path}: not a text file (expected UTF-8 text)")
+
+
+def peek_head(stream) -> bytes:
+    """The first bytes of a binary stream, left unread: a buffered stream's peek (on a pipe, what one read
+    returns), else read and sought back (``io.BytesIO`` standing in for stdin has no peek)."""
+    if hasattr(stream, "peek"):
+        return stream.peek(HEAD_BYTES)[:HEAD_BYTES]
+    start = stream.tell()
+    head = stream.read(HEAD_BYTES)
+    stream.seek(start)
+    return head
 
 
 @dataclass(frozen=True)
@@ -264,6 +291,8 @@ def read_texts(path: str | os.PathLike, *, text_column: str | None = None) -> li
             data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         except OSError as e:
             raise DataError(f"{path}: {e.strerror}") from None
+        if looks_binary(data[:HEAD_BYTES]):
+            raise not_text(path)
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()

@@ -247,7 +247,10 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingDependencyError("plots need matplotlib: pip install 'distilsent[train]'") from None
+        # eval runs on ONNX Runtime: matplotlib alone is enough, where the train extra also brings PyTorch.
+        raise MissingDependencyError(
+            "plots need matplotlib: pip install matplotlib (or 'distilsent[train]', which also installs PyTorch)"
+        ) from None
     return plt
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import HEAD_BYTES, looks_binary, not_text
 from .errors import DataError, InputError, MissingDependencyError
 
 PLACEHOLDER = "{term}"
@@ -92,9 +93,13 @@ BUILTIN = ("country", "gender")
 
 def _lines(path: str | Path) -> list[tuple[int, str]]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    if looks_binary(data[:HEAD_BYTES]):
+        raise not_text(str(path))
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 ({e.reason} at byte {e.start})") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -211,7 +216,8 @@ def summary_markdown(summaries: Sequence[dict]) -> str:
     for s in summaries:
         lines.append(
             f"| {s['probe']} | {s['sentences']} ({s['templates']} templates x {s['terms']} terms) | {s['mean']:.3f} "
-            f"| {s['spread']:.3f} | {s['std']:.3f} | {_fmt_terms(s['most_favoured'])} | {_fmt_terms(s['least_favoured'])} |"
+            f"| {s['spread']:.3f} | {s['std']:.3f} | {_fmt_terms(s['most_favoured'])} "
+            f"| {_fmt_terms(s['least_favoured'])} |"
         )
     for s in summaries:
         spreads = "; ".join(f"`{t}` {v['spread']:.3f}" for t, v in s["per_template"].items())
@@ -232,8 +238,9 @@ def write_csv(result: ProbeResult, path: Path) -> Path:
     return path
 
 
-def plot_bars(result: ProbeResult, path: Path) -> Path:
-    """Horizontal bars of every term's mean P(label), sorted, the overall mean as a line."""
+def pyplot():
+    """matplotlib's pyplot drawing to files; the command line asks for it before probing, so that a missing
+    matplotlib is reported before the work rather than after it."""
     try:
         import matplotlib
 
@@ -241,6 +248,12 @@ def plot_bars(result: ProbeResult, path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MissingDependencyError("probe plots need matplotlib: pip install 'distilsent[probe]'") from None
+    return plt
+
+
+def plot_bars(result: ProbeResult, path: Path) -> Path:
+    """Horizontal bars of every term's mean P(label), sorted, the overall mean as a line."""
+    plt = pyplot()
     means = result.term_means()[::-1]  # barh draws bottom-up: the most favoured ends on top
     colours = {g: f"C{i}" for i, g in enumerate(sorted({t.group for t, _ in means if t.group}))}
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.14 * len(means) + 1.2)))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .data import detect_format
+from .data import detect_format, looks_binary, not_text, peek_head
 from .errors import DataError, MissingDependencyError
 
 
@@ -30,7 +30,9 @@ def require_pyarrow():
         import pyarrow
         import pyarrow.parquet  # noqa: F401  (the submodule is what the callers use)
     except ImportError:
-        raise MissingDependencyError("Parquet files need pyarrow: pip install 'distilsent[train]' (or pyarrow)") from None
+        raise MissingDependencyError(
+            "Parquet files need pyarrow: pip install 'distilsent[train]' (or pyarrow)"
+        ) from None
     return pyarrow
 
 
@@ -76,6 +78,9 @@ class _TextReader:
         except OSError as e:
             raise DataError(f"{path}: {e.strerror}") from None
         self.size = None if path == "-" else os.fstat(self.handle.fileno()).st_size
+        if looks_binary(peek_head(self.handle)):
+            self.close()
+            raise not_text(path)
         self.lines = _Lines(self.handle)
         self.columns: list[str] | None = None
         self.total_rows: int | None = None
@@ -89,6 +94,13 @@ class _TextReader:
             self.handle.close()
 
 
+def _csv_problem(error: csv.Error) -> str:
+    """The csv module's words for a malformed row, but in the file's terms where they speak of Python's."""
+    if "new-line character seen in unquoted field" in str(error):  # it suggests an open() mode to the user
+        return "a carriage return (\\r) inside an unquoted field; quote the field, or end lines with \\n"
+    return str(error)
+
+
 class _CsvReader(_TextReader):
     def __init__(self, path: str, delimiter: str):
         super().__init__(path)
@@ -100,7 +112,7 @@ class _CsvReader(_TextReader):
         except StopIteration:
             raise DataError(f"{path}: the file is empty") from None
         except csv.Error as e:
-            raise DataError(f"{path}:1: {e}") from None
+            raise DataError(f"{path}:1: {_csv_problem(e)}") from None
         if 1 in self.lines.invalid:
             raise DataError(f"{path}:1: the header is not valid UTF-8")
         if len(set(self.columns)) != len(self.columns):
@@ -116,7 +128,7 @@ class _CsvReader(_TextReader):
             except StopIteration:
                 return
             except csv.Error as e:
-                fields, problem = [], str(e)
+                fields, problem = [], _csv_problem(e)
             line = self.reader.line_num
             if not fields and problem is None:
                 first_line = line + 1
