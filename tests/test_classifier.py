@@ -167,3 +167,42 @@ def test_the_version_has_one_source(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"distilsent {distilsent.__version__}"
+
+
+def test_a_model_carries_its_reading_and_explicit_arguments_win(tmp_path, vocab_file):
+    import json
+
+    from distilsent.errors import ConfigError
+    from distilsent.long_text import Reading
+
+    directory = make_tiny_model(tmp_path / "reads", vocab_file)
+    plain = Classifier.load(directory, backend="torch")
+    assert plain.reading == Reading()  # a model that carries none: the pipeline's truncation
+    config = json.loads((directory / "config.json").read_text())
+    config["distilsent"] = {"reading": {"long_text": "window", "window": 16, "aggregate": "max"}}
+    (directory / "config.json").write_text(json.dumps(config))
+    clf = Classifier.load(directory, backend="torch")
+    assert clf.reading == Reading("window", window=16, aggregate="max")
+    assert Classifier.load(directory, backend="torch", aggregate="mean", long_text=None).reading == \
+        Reading("window", window=16, aggregate="mean")
+    assert Classifier.load(directory, backend="torch", long_text="truncate").reading == Reading()
+    long = "a great film but the plot is boring and bad " * 10
+    windows = clf.windows([long])
+    assert len(windows.sequences) > 1 and max(len(s) for s in windows.sequences) == 16
+    assert clf(long) == Classifier.load(directory, backend="torch", long_text="window", window=16,
+                                        aggregate="max")(long)
+    config["distilsent"] = {"reading": {"long_text": "windows"}}
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="reading: long_text must be one of"):
+        Classifier.load(directory, backend="torch")
+
+
+def test_saved_models_keep_their_reading(tmp_path, vocab_file):
+    from distilsent.checkpoint import load_config, load_model, save_model
+
+    directory = make_tiny_model(tmp_path / "m", vocab_file)
+    model, tokenizer = load_model(directory)
+    model.config = model.config.replace(distilsent={"reading": {"long_text": "head_tail", "head": 8}})
+    save_model(model, tokenizer, tmp_path / "again")
+    assert load_config(tmp_path / "again").distilsent == {"reading": {"long_text": "head_tail", "head": 8}}
+    assert "distilsent" not in (directory / "config.json").read_text()  # nothing written for a model without one

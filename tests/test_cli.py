@@ -333,3 +333,24 @@ def test_serve_usage_errors_exit_2_with_the_choices(argv, message, capsys):
         main(["serve", *argv])
     assert exit.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"distilsent serve: error: {message}"
+
+
+def test_eval_reports_each_file_beside_the_whole(tiny_model_dir, tmp_path, capsys):
+    from distilsent.cli import main
+
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\na great film\t1\nthe worst movie\t0\n", encoding="utf-8")
+    (tmp_path / "stars.csv").write_text("text,stars\ngood fun,5\nboring,1\nmeh,3\n", encoding="utf-8")
+    mapping = f"{tmp_path / 'stars.csv'}=1,2=NEGATIVE;3=-;4,5=POSITIVE"
+    assert main(["eval", str(tiny_model_dir), str(tmp_path / "a.tsv"), str(tmp_path / "stars.csv"),
+                 "--label-map", mapping, "--json", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["examples"] == 4 and list(result["per_source"]) == ["a.tsv", "stars.csv"]
+    assert [m["examples"] for m in result["per_source"].values()] == [2, 2]
+    whole = sum(m["accuracy"] * m["examples"] for m in result["per_source"].values()) / 4
+    assert result["accuracy"] == pytest.approx(whole)
+    assert main(["eval", str(tiny_model_dir), str(tmp_path / "a.tsv"), str(tmp_path / "stars.csv"),
+                 "--label-map", mapping, "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "source" in table and "stars.csv" in table and "a.tsv" in table
+    assert main(["eval", str(tiny_model_dir), str(tmp_path / "a.tsv"), "--json", "--quiet"]) == 0
+    assert "per_source" not in json.loads(capsys.readouterr().out)  # one file is the whole

@@ -127,3 +127,41 @@ def test_read_texts_refuses_binary_files_and_stdin(tmp_path, monkeypatch):
     path.write_bytes("caf\u00e9 , great\nfine\n".encode("latin-1"))  # text, one byte of another encoding
     with pytest.raises(DataError, match="texts.txt:1: invalid UTF-8"):
         read_texts(path)
+
+
+def test_label_map_maps_drops_and_names_the_row_of_a_value_it_does_not_know(tmp_path):
+    from distilsent.data import parse_label_map
+
+    stars = tmp_path / "stars.csv"
+    stars.write_text("text,stars\nawful,1\nmeh,3\nlovely,5\nok,4\n", encoding="utf-8")
+    mapping = parse_label_map("1,2=NEGATIVE;3=- 4,5=POSITIVE")
+    assert mapping == {"1": "NEGATIVE", "2": "NEGATIVE", "3": "-", "4": "POSITIVE", "5": "POSITIVE"}
+    examples = read_examples(stars, label_map=mapping, source="stars")
+    assert [(e.text, e.label, e.source) for e in examples] == [("awful", 0, "stars"), ("lovely", 1, "stars"),
+                                                               ("ok", 1, "stars")]
+    with pytest.raises(DataError, match=r"stars.csv:5: label '4' is not in the label map"):
+        read_examples(stars, label_map={"1": "0", "3": "-", "5": "1"})
+    for bad in ("1,2", "=NEGATIVE", "1=NEGATIVE 1=POSITIVE", ""):
+        with pytest.raises(DataError, match="label map"):
+            parse_label_map(bad)
+
+
+def test_several_sources_with_weights(tmp_path):
+    from distilsent.data import Source, read_sources, source_weights
+
+    a, b = tmp_path / "a.tsv", tmp_path / "b.jsonl"
+    a.write_text("sentence\tlabel\ngood\t1\nbad\t0\n", encoding="utf-8")
+    b.write_text('{"text": "fine", "sentiment": "positive"}\n', encoding="utf-8")
+    sources = [Source.parse(f"{a}:0.5"), Source.parse(str(b))]
+    assert (sources[0].path, sources[0].weight, sources[1].weight) == (str(a), 0.5, 1.0)
+    examples = read_sources(sources)
+    assert [(e.text, e.source) for e in examples] == [("good", "a.tsv"), ("bad", "a.tsv"), ("fine", "b.jsonl")]
+    assert source_weights(sources, examples) == {"a.tsv": 0.5, "b.jsonl": 1.0}
+    assert source_weights([Source(str(a)), Source(str(b))], examples) is None
+    twice = read_sources([Source(str(a)), Source(str(a))])
+    assert [e.source for e in twice] == ["a.tsv#1", "a.tsv#1", "a.tsv#2", "a.tsv#2"]
+    with pytest.raises(DataError, match="weight must be a positive number"):
+        Source.parse(f"{a}:-1")
+    odd = tmp_path / "x:2"  # a file whose own name ends like a weight is taken whole
+    odd.write_text("", encoding="utf-8")
+    assert Source.parse(str(odd)) == Source(str(odd))

@@ -195,3 +195,34 @@ def test_window_count_from_token_counts_is_what_the_plan_builds(clf, window, str
     per_text = [list(window_plan.owner).count(i) for i in range(len(texts))]
     assert max(per_text) > 1
     assert split_windows(lengths, clf.max_length, stride, window) == sum(n for n in per_text if n > 1)
+
+
+def test_the_model_s_own_reading_is_the_server_default_and_serve_flags_or_requests_override_it(tmp_path, vocab_file):
+    import json
+
+    from .conftest import make_tiny_model
+
+    directory = make_tiny_model(tmp_path / "reads", vocab_file)
+    config = json.loads((directory / "config.json").read_text())
+    config["distilsent"] = {"reading": {"long_text": "window", "window": 16, "aggregate": "max"}}
+    (directory / "config.json").write_text(json.dumps(config))
+    own = Classifier.load(directory, threads=1)
+
+    async def go():
+        async with running(lambda: own) as client:
+            response = await client.post("/", json={"inputs": LONG})
+            assert response.status_code == 200, response.text
+            close(response.json()[0], own(LONG, top_k=None))  # as the library reads it, with no arguments
+            close(response.json()[0], own(LONG, long_text="window", window=16, aggregate="max", top_k=None))
+            info = (await client.get("/info")).json()
+            assert (info["long_text"], info["window"], info["aggregate"]) == ("window", 16, "max")
+            cut = await client.post("/predict", json={"inputs": LONG, "truncate": True})
+            close(cut.json(), own(LONG, long_text="truncate", top_k=None))  # an asked-for cut wins
+        async with running(lambda: own, aggregate="mean") as client:
+            response = await client.post("/predict", json={"inputs": LONG})
+            close(response.json(), own(LONG, aggregate="mean", top_k=None))  # the model's windows, serve's mean
+        async with running(lambda: own, long_text="head_tail") as client:
+            response = await client.post("/predict", json={"inputs": LONG})
+            close(response.json(), own(LONG, long_text="head_tail", top_k=None))
+
+    asyncio.run(go())

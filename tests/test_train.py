@@ -283,3 +283,80 @@ def test_every_extra_that_trains_requires_a_torch_with_fused_cpu_adamw():
     assert torches
     for requirement in torches:
         assert not requirement.specifier.contains("2.3.1"), f"{requirement} allows a torch without fused CPU AdamW"
+
+
+def test_epoch_pool_samples_each_source_by_its_weight():
+    from distilsent.train import epoch_pool, epoch_size, source_ids
+
+    examples = [Example(f"a{i}", 0, "a") for i in range(10)] + [Example(f"b{i}", 1, "b") for i in range(4)]
+    source, weight = source_ids(examples, {"a": 0.5, "b": 2.5})
+    assert epoch_size(source, weight) == 5 + 10
+    pool = epoch_pool(source, weight, seed=1, epoch=0)
+    counts = np.bincount(pool, minlength=14)
+    assert (counts[:10] > 0).sum() == 5 and counts[:10].max() == 1  # half of a, each at most once
+    assert sorted(counts[10:]) == [2, 2, 3, 3]  # every b twice before any third time
+    assert np.array_equal(pool, epoch_pool(source, weight, seed=1, epoch=0))
+    assert not np.array_equal(pool, epoch_pool(source, weight, seed=1, epoch=1))  # another half next epoch
+    assert np.array_equal(epoch_pool(*source_ids(examples, None), seed=1, epoch=0), np.arange(14))
+    with pytest.raises(InputError, match="no weight for b"):
+        source_ids(examples, {"a": 1.0})
+    with pytest.raises(InputError, match="no examples from c"):
+        source_ids(examples, {"a": 1.0, "b": 1.0, "c": 1.0})
+    with pytest.raises(InputError, match="positive"):
+        source_ids(examples, {"a": 0.0, "b": 1.0})
+
+
+def test_weighted_sources_train_and_are_reported_one_by_one(tiny_model_dir, tmp_path):
+    data = dataset(96, seed=3)
+    train_set = [Example(e.text, e.label, "big" if i % 4 else "small") for i, e in enumerate(data)]
+    dev = [Example(e.text, e.label, "big" if i % 2 else "small") for i, e in enumerate(dataset(40, seed=4))]
+    model, tokenizer = fresh(tiny_model_dir)
+    config = TrainConfig(**{**FAST.__dict__, "epochs": 2, "eval_every": 0})
+    summary = train(model, tokenizer, train_set, dev, config, tmp_path / "run", progress=False,
+                    weights={"big": 0.5, "small": 2.0})
+    assert summary["examples_per_epoch"] == 36 + 48 and summary["steps"] == 2 * 6  # ceil(84 / 16) per epoch
+    assert set(summary["best"]["per_source"]) == {"small", "big"}
+    assert summary["weights"] == {"big": 0.5, "small": 2.0}
+    with pytest.raises(InputError, match="other settings or data"):  # the same directory, other weights
+        train(model, tokenizer, train_set, dev, config, tmp_path / "run", progress=False,
+              weights={"big": 1.0, "small": 2.0})
+
+
+def test_precision_auto_follows_the_cpu_and_bf16_trains(tiny_model_dir, tmp_path):
+    from distilsent.train import resolve_precision
+
+    assert resolve_precision("auto", {"avx2", "avx512f"}) == "fp32"
+    assert resolve_precision("auto", {"avx512f", "avx512_bf16"}) == "bf16"
+    assert resolve_precision("auto", {"amx_bf16"}) == "bf16"
+    assert resolve_precision("fp32", {"avx512_bf16"}) == "fp32"
+    with pytest.raises(InputError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
+    model, tokenizer = fresh(tiny_model_dir)
+    config = TrainConfig(**{**FAST.__dict__, "precision": "bf16"})
+    summary = train(model, tokenizer, dataset(320, 0), dataset(100, 1), config, tmp_path / "bf16", progress=False)
+    assert summary["precision"] == "bf16" and summary["best"]["accuracy"] >= 0.9  # as the float32 run above
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights float32
+
+
+def test_train_verb_mixes_files_with_weights_and_a_label_map(tiny_model_dir, tmp_path, capsys):
+    from distilsent.cli import main
+
+    data = dataset(64, 0)
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\n" + "".join(f"{e.text}\t{e.label}\n" for e in data[:32]))
+    stars = "".join(f"{e.text},{5 if e.label else 1}\n" for e in data[32:]) + "so so,3\n"
+    (tmp_path / "stars.csv").write_text("text,stars\n" + stars)
+    args = ["train", f"{tmp_path / 'a.tsv'}:2", str(tmp_path / "stars.csv"), "--dev", str(tmp_path / "a.tsv"),
+            "--model", str(tiny_model_dir), "--batch-size", "16", "--epochs", "1", "--warmup-steps", "1",
+            "--precision", "fp32", "--quiet"]
+    mapping = ["--label-map", f"{tmp_path / 'stars.csv'}=1=NEGATIVE;3=-;5=POSITIVE"]
+    assert main(args + mapping + ["--out", str(tmp_path / "run")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["best"]["step"] == 6 and report["precision"] == "fp32"  # (2 x 32 + 32) / 16
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["weights"] == {"a.tsv": 2.0, "stars.csv": 1.0} and metrics["train_examples"] == 64
+    # without the map, the file's 3-star row is the error, with its file and line
+    assert main(args + ["--out", str(tmp_path / "other")]) == 1
+    line = 2 + [e.label for e in data[32:]].index(1)  # the first 5-star row, after the header
+    assert capsys.readouterr().err == f"distilsent: error: {tmp_path / 'stars.csv'}:{line}: label id 5 is outside 0..1\n"
+    assert main(args + ["--label-map", "nothere.csv=1=NEGATIVE", "--out", str(tmp_path / "x")]) == 1
+    assert "--label-map names nothere.csv, which is not a training file" in capsys.readouterr().err

@@ -105,9 +105,10 @@ class Source:
         path, sep, weight = spec.rpartition(":")
         if sep and path and not Path(spec).exists():
             try:
-                return cls(path, float(weight), **options)
+                number = float(weight)
             except ValueError:
-                pass
+                return cls(spec, **options)
+            return cls(path, number, **options)
         return cls(spec, **options)
 
     @property

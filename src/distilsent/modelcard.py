@@ -153,9 +153,7 @@ def model_card(
         "",
         "## Intended use and limitations",
         "",
-        f"{task}: reviews, feedback, social posts. Texts longer than the maximum "
-        f"length ({config.max_position_embeddings} positions) are truncated unless distilsent reads them "
-        "with `long_text=\"head_tail\"` or `\"window\"`. "
+        f"{task}: reviews, feedback, social posts. " + _reading_sentence(config)
         + ("Scores are softmax probabilities calibrated by temperature scaling (see Calibration). " if calibrated
            else "Scores are softmax probabilities and are not perfectly calibrated (`distilsent eval` reports "
                 "their ECE; `distilsent calibrate` fits a temperature). ")
@@ -171,13 +169,25 @@ def model_card(
     return "\n".join(body) + "\n"
 
 
+def _reading_sentence(config: DistilBertConfig) -> str:
+    """How the model reads texts longer than it sees at once: its own reading (config.json), or truncation."""
+    reading = config.distilsent.get("reading")
+    if reading:
+        settings = ", ".join(f"{k}={v!r}" for k, v in reading.items())
+        return (f"distilsent reads texts longer than its window as this model was made to ({settings}, stored in "
+                "`config.json` and the default of every call, verb and the server; explicit arguments win); "
+                f"`transformers` truncates them at {config.max_position_embeddings} positions. ")
+    return (f"Texts longer than the maximum length ({config.max_position_embeddings} positions) are truncated "
+            "unless distilsent reads them with `long_text=\"head_tail\"` or `\"window\"`. ")
+
+
 def default_model_card(config: DistilBertConfig, train_config, metrics: dict, data_files, build: str) -> str:
     """The card of the embedded default model: SST-2 dev metrics of the shipped weights in the front matter,
     and ``build`` (how it was made and what it scores elsewhere, written by scripts/build_default_model.py)."""
     rebuild = (
         "## Rebuilding\n\n"
-        "```\npip install torch==2.13.0 -e '.[train,build,teacher,calibrate]'\n"
-        "python scripts/build_default_model.py   # resumable: run it again after an interruption\n```\n\n"
+        "```\npip install torch==2.13.0 -e '.[train,build,calibrate,probe]'\n"
+        "nohup python scripts/build_default_model.py > build.log 2>&1 &   # resumable: run it again to go on\n```\n\n"
         "Weights are stored in float16 (half the size); `config.json` names float32, so distilsent and "
         "`transformers` both compute in float32 without being asked."
     )

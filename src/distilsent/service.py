@@ -85,7 +85,7 @@ except ImportError as e:
     ) from None
 
 from .batcher import Batcher
-from .classifier import FUNCTIONS, Classifier
+from .classifier import FUNCTIONS, Classifier, model_reading
 from .long_text import UNLIMITED, WindowPlan, aggregate, plan
 from .service_settings import ServiceSettings
 from .ui import content_security_policy, explain_for_page, page
@@ -546,8 +546,10 @@ class Service:
             truncation = bool(getattr(body, "truncate", None))
             function = "none" if getattr(body, "raw_scores", None) else None
             reading = body if isinstance(body, TeiRequest) else TeiRequest(inputs=texts)
-        strategy = reading.long_text or (None if truncation else s.long_text)  # an asked-for cut wins
-        long_text = {"long_text": strategy, "stride": reading.stride or s.stride, "window": reading.window or s.window}
+        served = self.default_reading(classifier)
+        strategy = reading.long_text or (None if truncation else served["long_text"])  # an asked-for cut wins
+        long_text = {"long_text": strategy, "stride": reading.stride or served["stride"],
+                     "window": reading.window or served["window"]}
         window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
         sequences = window_plan.sequences
         tokens = sum(len(sequence) for sequence in sequences)
@@ -557,7 +559,7 @@ class Service:
             )
         logits = await self._submit(request, sequences)
         scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
-                           reading.aggregate or s.aggregate or "mean")
+                           reading.aggregate or served["aggregate"] or "mean")
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
         # The hosted Inference API's shape: one list per input, a string being one input (single=False).
@@ -641,11 +643,23 @@ class Service:
             log.exception("inference failed")
             raise ServiceError(500, "backend", "inference failed; see the server log") from None
 
+    def default_reading(self, classifier: Classifier) -> dict:
+        """The reading of requests that name none: ``serve --long-text`` with its --window/--stride/--aggregate;
+        else the model's own (its config.json) with those flags over it; else none, so that an over-long text
+        is a 422 as in the pipeline. Keys: long_text, window, stride, aggregate (None: not set)."""
+        s = self.settings
+        flags = {"long_text": s.long_text, "window": s.window, "stride": s.stride, "aggregate": s.aggregate}
+        if s.long_text is None and "reading" in classifier.config.distilsent:
+            own = model_reading(classifier.config).options()
+            return {**{k: own[k] for k in flags}, **{k: v for k, v in flags.items() if v is not None}}
+        return flags
+
     def info(self) -> dict:
         from . import __version__
 
         classifier = self.ready()
         s = self.settings
+        served = self.default_reading(classifier)
         return {
             "model_id": classifier.name,
             "model_type": "distilbert",
@@ -659,9 +673,9 @@ class Service:
             "max_queue_texts": s.max_queue_texts,
             "max_queue_tokens": s.max_queue_tokens,
             "max_client_batch_size": s.max_request_texts,
-            "long_text": s.long_text,
-            "window": s.window,
-            "aggregate": s.aggregate,
+            "long_text": served["long_text"],
+            "window": served["window"],
+            "aggregate": served["aggregate"],
             "max_request_windows": s.max_request_windows,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_body_bytes": s.max_body_bytes,
