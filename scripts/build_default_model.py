@@ -334,7 +334,7 @@ def stage_ship(build: Build) -> dict:
             "calibration": {"before": fitted.before, "after": fitted.after},
             "per_source": {name: {"before": _brief(before[name]), "after": _brief(after[name]), "previous":
                                   old_select[name]} for name in SOURCES},
-            "shipped": {name: _brief(m) for name, m in shipped.items()}, "previous": old, "seconds": timings}
+            "shipped": {name: _brief(m) for name, m in shipped.items()}, "previous": old, "ship_seconds": timings}
 
 
 def _cpu_flags() -> str:
