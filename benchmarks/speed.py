@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                      # the default model and a DistilBERT-base-size model
     python benchmarks/speed.py --model runs/default/best --sizes default
+    python benchmarks/speed.py --compare old=DIR new=DIR fp32=DIR   # exported models, interleaved in one process
 
 For each model and engine, on the same weights, in one run: texts/s and tokens/s over SST-2 dev and over
 long texts (256-512 tokens), single-text latency p50/p99 for a short sentence, useful GFLOP/s (real tokens
@@ -36,6 +37,7 @@ PIPELINE_BATCH = 32
 LATENCY_CALLS = 200
 LONG_TEXTS = 32
 LONG_RANGE = (256, 512)
+COMPARE_SHORT_CALLS = 50
 
 
 def dev_examples(path: Path) -> tuple[list[str], list[int]]:
@@ -138,6 +140,51 @@ def worker(engine: str, directory: Path, threads: int, data: Path) -> dict:
     return result
 
 
+def compare(dirs: dict[str, Path], threads: int, data: Path, rounds: int, cpu_time: bool) -> None:
+    """Exported models side by side in this one process: SST-2 dev accuracy, label agreement, labels that
+    change between batch_size=1 and the default batches, then speed as a ratio to the first model.
+
+    The models run back to back, in rotating order, ``rounds`` times, and each round's ratio is taken before
+    the median: on a CPU shared with other jobs the load drifts between rounds far more than within one.
+    ``cpu_time`` counts this process's CPU seconds instead of wall time, which other jobs disturb less; use
+    it with ``--threads 1``, as ONNX Runtime's pool threads spin while they wait.
+    """
+    from distilsent import Classifier
+
+    texts, labels = dev_examples(data)
+    clfs = {name: Classifier.load(directory, backend="onnx", threads=threads) for name, directory in dirs.items()}
+    names = list(clfs)
+    predictions = {}
+    for name, clf in clfs.items():
+        batched, alone = clf.logits(texts), clf.logits(texts, batch_size=1)
+        predictions[name] = batched.argmax(-1)
+        score_change = np.abs(clf.scores(batched) - clf.scores(alone)).max()
+        agreement = ", ".join(f"{other} {100 * (predictions[name] == predictions[other]).mean():.2f}%"
+                              for other in names[:names.index(name)])
+        print(f"{name}: accuracy {100 * (predictions[name] == np.array(labels)).mean():.2f}%; labels that differ "
+              f"between batch_size=1 and the default batches: {(batched.argmax(-1) != alone.argmax(-1)).sum()} "
+              f"(max score change {score_change:.2g}); label agreement with {agreement or '-'}", flush=True)
+    clock = time.process_time if cpu_time else time.perf_counter
+    dev, short = ({name: [] for name in names} for _ in range(2))
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = clock()
+            clfs[name].logits(texts)
+            dev[name].append(clock() - start)
+            start = clock()
+            for _ in range(COMPARE_SHORT_CALLS):
+                clfs[name](SHORT)
+            short[name].append((clock() - start) / COMPARE_SHORT_CALLS)
+    first = names[0]
+    kind = "CPU" if cpu_time else "wall"
+    for name in names:
+        dev_ratio = np.median(np.array(dev[first]) / np.array(dev[name]))
+        short_ratio = np.median(np.array(short[first]) / np.array(short[name]))
+        print(f"{name}: dev {len(texts) / np.median(dev[name]):.0f} texts/s ({kind} time), speed x{dev_ratio:.3f} of "
+              f"{first}; one short text {1000 * np.median(short[name]):.2f} ms, speed x{short_ratio:.3f} of {first} "
+              f"(medians of {rounds} rounds, {threads} threads)")
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -207,8 +254,9 @@ def table(size: str, rows: dict[str, dict], peak: float) -> list[str]:
              "onnx": "distilsent ONNX fp32", "int8": "distilsent ONNX int8"}
     reference, base = rows["torch"], rows["pipeline"]["dev"]["texts"] / rows["pipeline"]["dev"]["seconds"]
     lines = [
-        "| engine | dev texts/s | × pipeline | dev tokens/s | dev useful GFLOP/s (% peak) | long texts/s | long tokens/s "
-        "| long GFLOP/s (% peak) | p50 ms | p99 ms | dev accuracy | agrees with torch | max abs logit diff vs torch | peak RSS MB |",
+        "| engine | dev texts/s | × pipeline | dev tokens/s | dev useful GFLOP/s (% peak) | long texts/s "
+        "| long tokens/s | long GFLOP/s (% peak) | p50 ms | p99 ms | dev accuracy | agrees with torch "
+        "| max abs logit diff vs torch | peak RSS MB |",
         "|---|" + "---:|" * 13,
     ]
     for engine, r in rows.items():
@@ -221,7 +269,8 @@ def table(size: str, rows: dict[str, dict], peak: float) -> list[str]:
             f"| {names[engine]} | {rate:.0f} | {rate / base:.2f} | {dev['tokens'] / dev['seconds']:.0f} "
             f"| {dev['gflops']:.0f} ({100 * dev['gflops'] / peak:.0f}%) | {long['texts'] / long['seconds']:.1f} "
             f"| {long['tokens'] / long['seconds']:.0f} | {long['gflops']:.0f} ({100 * long['gflops'] / peak:.0f}%) "
-            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {accuracy} | {100 * agree:.2f}% | {diff:.2g} | {r['peak_mb']:.0f} |"
+            f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {accuracy} | {100 * agree:.2f}% | {diff:.2g} "
+            f"| {r['peak_mb']:.0f} |"
         )
     return lines
 
@@ -235,7 +284,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SST2_DEV)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file ('-' prints only)")
     parser.add_argument("--worker", nargs=2, metavar=("ENGINE", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--compare", nargs="+", metavar="NAME=DIR",
+                        help="exported models to compare in one process instead (prints only; see compare())")
+    parser.add_argument("--rounds", type=int, default=7, help="--compare: interleaved rounds")
+    parser.add_argument("--cpu-time", action="store_true", help="--compare: time CPU seconds, not wall time")
     args = parser.parse_args()
+    if args.compare:
+        dirs = dict(item.split("=", 1) for item in args.compare)
+        compare({name: Path(directory) for name, directory in dirs.items()}, args.threads, args.data, args.rounds,
+                args.cpu_time)
+        return
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.threads, args.data)))
         return
@@ -271,14 +329,15 @@ def main() -> None:
                 print(f"{size:8s} {engine:9s} dev {r['dev']['texts'] / r['dev']['seconds']:7.1f} texts/s "
                       f"({r['dev']['gflops']:5.0f} GFLOP/s)  long {r['long']['texts'] / r['long']['seconds']:6.2f} "
                       f"texts/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
-                      f"acc {100 * r['accuracy']:.2f}%  RSS {r['peak_mb']:.0f} MB  torch imported: {r['torch_imported']}",
+                      f"acc {100 * r['accuracy']:.2f}%  RSS {r['peak_mb']:.0f} MB  "
+                      f"torch imported: {r['torch_imported']}",
                       flush=True)
             if "pipeline" in rows:
                 base = rows["pipeline"]["dev"]["texts"] / rows["pipeline"]["dev"]["seconds"]
                 base_long = rows["pipeline"]["long"]["texts"] / rows["pipeline"]["long"]["seconds"]
                 for engine, r in rows.items():
-                    print(f"{size:8s} {engine:9s} x pipeline: dev {r['dev']['texts'] / r['dev']['seconds'] / base:.2f}, "
-                          f"long {r['long']['texts'] / r['long']['seconds'] / base_long:.2f}")
+                    rate, rate_long = (r[w]["texts"] / r[w]["seconds"] for w in ("dev", "long"))
+                    print(f"{size:8s} {engine:9s} x pipeline: dev {rate / base:.2f}, long {rate_long / base_long:.2f}")
             if {"pipeline", "torch"} <= set(rows):
                 title = ("the default model" if size == "default" else
                          "DistilBERT-base size (768 dim, 6 layers, 3072 FFN), random weights")

@@ -180,12 +180,58 @@ def test_int8_export_quantizes_the_encoder_and_agrees_on_clear_cases(tmp_path, m
     assert main(["export", str(model_dir), str(out), "--int8"]) == 0
     model = onnx.load(out / "model.onnx")
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QAttention") == 2 and "MatMulInteger" in ops
+    # Four integer products per layer (qkv, out, lin1, lin2), over activations quantized per token: no
+    # per-batch DynamicQuantizeLinear, no QAttention (which takes one scale for the whole batch).
+    assert ops.count("MatMulIntegerToFloat") == 8 and ops.count("QuantizeLinear") == 8
+    assert ops.count("MultiHeadAttention") == 2 and not {"DynamicQuantizeLinear", "QAttention", "Attention"} & set(ops)
     assert [n.op_type for n in model.graph.node if n.name in ("pre_matmul", "logits_matmul")] == ["MatMul"] * 2
     assert "EmbedLayerNormalization" in ops  # the embeddings stay float32 too
     weights = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert weights and all(np.abs(w).max() <= 64 for w in weights)  # 7 bits: see onnx_graph
+    assert len(weights) == 8 and all(np.abs(w).max() == 64 for w in weights)  # 7 bits: see onnx_graph
     assert_int8_close(Classifier.load(exported).logits(TEXTS), Classifier.load(out).logits(TEXTS))
+
+
+@pytest.fixture(scope="module")
+def exported_int8(tmp_path_factory, model_dir) -> Path:
+    from distilsent.export import export
+
+    out = tmp_path_factory.mktemp("exported-int8")
+    export(model_dir, out, int8=True)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx", "int8"])
+def test_logits_do_not_depend_on_the_batch(engine, model_dir, exported_int8):
+    """A text alone, padded beside longer ones, first or last in its batch: the same logits on every engine.
+
+    int8 included: its activations are quantized per token, so neither the other texts nor the padding
+    change a text's scales (quantized per batch, as before, this model's logits moved by up to 0.13).
+    """
+    backend = "torch" if engine == "torch" else "onnx"
+    clf = Classifier.load(exported_int8 if engine == "int8" else model_dir, backend=backend)
+    sequences = clf.encode(TEXTS)
+    assert len({len(s) for s in sequences}) > 4  # padding in every batch below
+    alone = np.concatenate([clf.run_batch([s]) for s in sequences])
+    n = len(sequences)
+    for order in (list(range(n)), list(range(n))[::-1], list(range(1, n, 2)) + list(range(0, n, 2))):
+        np.testing.assert_allclose(clf.run_batch([sequences[i] for i in order]), alone[order], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(clf.logits(TEXTS), alone, rtol=1e-5, atol=1e-5)  # the planner's batches
+
+
+def test_int8_rows_of_zeros_give_the_float32_product(tmp_path, vocab_file):
+    """A token whose row is all zeros gets scale 0 (0 / 0 when quantized): its product must still be 0."""
+    from safetensors.numpy import load_file, save_file
+
+    directory = make_model(tmp_path / "m", vocab_file, seed=4)
+    tensors = load_file(directory / "model.safetensors")
+    for name in ("weight", "bias"):  # values of zero: every token's attention output (context) is zeros
+        tensors[f"distilbert.transformer.layer.0.attention.v_lin.{name}"][:] = 0
+    save_file(tensors, directory / "model.safetensors")
+    export_dir = tmp_path / "int8"
+    assert main(["export", str(directory), str(export_dir), "--int8"]) == 0
+    int8 = Classifier.load(export_dir).logits(TEXTS)
+    assert np.isfinite(int8).all()
+    assert_int8_close(Classifier.load(directory, backend="torch").logits(TEXTS), int8)
 
 
 def assert_int8_close(fp32: np.ndarray, int8: np.ndarray) -> None:
@@ -206,19 +252,20 @@ QEMU = shutil.which("qemu-x86_64")
 
 @pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
                     reason="needs qemu-x86_64 (apt-get install qemu-user) on an x86-64 host")
-def test_int8_holds_on_the_avx2_kernel_without_vnni(tmp_path, exported):
+def test_int8_holds_on_the_avx2_kernel_without_vnni(tmp_path, model_dir, exported):
     """ONNX Runtime picks its int8 kernel from the CPU's flags; under ``qemu-x86_64 -cpu Haswell`` it sees
     AVX2 without AVX-512 or VNNI, whatever the host, and takes the saturating u8 x s8 path."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from distilsent.onnx_graph import HEAD_NODES, quantize_int8
+    from distilsent.checkpoint import load_config
+    from distilsent.onnx_graph import write_onnx
 
-    fp32_graph = exported / "model.onnx"
     ours, saturating = tmp_path / "int8.onnx", tmp_path / "int8-8bit.onnx"
-    quantize_int8(fp32_graph, ours)
-    quantize_dynamic(fp32_graph, saturating, op_types_to_quantize=["Attention", "MatMul"],
-                     nodes_to_exclude=list(HEAD_NODES), per_channel=True, weight_type=QuantType.QInt8,
+    write_onnx(model_dir, load_config(model_dir), ours, int8=True)
+    # The same encoder products in int8 with 8-bit weights, by ONNX Runtime's own quantizer.
+    quantize_dynamic(exported / "model.onnx", saturating, op_types_to_quantize=["Attention", "MatMul"],
+                     nodes_to_exclude=["pre_matmul", "logits_matmul"], per_channel=True, weight_type=QuantType.QInt8,
                      reduce_range=False, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     code = f"""
         import json
@@ -228,8 +275,11 @@ def test_int8_holds_on_the_avx2_kernel_without_vnni(tmp_path, exported):
         from distilsent.classifier import Classifier
         config = load_config(Path({str(exported)!r}))
         tokenizer = load_tokenizer(Path({str(exported)!r}), config)
-        print(json.dumps({{name: Classifier(OnnxBackend(Path(path), 1), tokenizer, config).logits({TEXTS!r}).tolist()
-                          for name, path in {{"ours": {str(ours)!r}, "saturating": {str(saturating)!r}}}.items()}}))
+        clf = {{name: Classifier(OnnxBackend(Path(path), 1), tokenizer, config)
+               for name, path in {{"ours": {str(ours)!r}, "saturating": {str(saturating)!r}}}.items()}}
+        out = {{name: c.logits({TEXTS!r}).tolist() for name, c in clf.items()}}
+        out["ours_alone"] = clf["ours"].logits({TEXTS!r}, batch_size=1).tolist()
+        print(json.dumps(out))
     """
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     result = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, "-c", textwrap.dedent(code)], env=env,
@@ -241,6 +291,7 @@ def test_int8_holds_on_the_avx2_kernel_without_vnni(tmp_path, exported):
     with pytest.raises(AssertionError):  # the emulated CPU does reach the saturating kernel
         assert_int8_close(fp32, avx2["saturating"])
     assert_int8_close(fp32, avx2["ours"])
+    np.testing.assert_allclose(avx2["ours_alone"], avx2["ours"], rtol=1e-5, atol=1e-5)  # per token there too
     here = Classifier(OnnxBackend(ours, 1), clf.tokenizer, clf.config).logits(TEXTS)
     np.testing.assert_allclose(avx2["ours"], here, atol=1e-4)  # the same integers on both kernels
 

@@ -145,9 +145,10 @@ def export_card(source_card: str, fallback_name: str, *, int8: bool, parity: Par
         f"# {name} (ONNX, {kind})",
         "",
         f"`{name}` as one ONNX Runtime graph, `{ONNX_NAME}`, with its `config.json` and tokenizer: "
-        + ("the encoder's weights quantized to int8 (ONNX Runtime dynamic quantization, per output channel, 7-bit "
-           "so that CPUs without VNNI compute it exactly; activations quantized per batch at run time), the "
-           "embeddings and the classification head float32. " if int8 else "float32, as trained. ")
+        + ("the encoder's products in int8: weights per output channel (7-bit, so that CPUs without VNNI compute "
+           "them exactly), activations per token at run time (so a text's scores do not depend on the texts "
+           "batched with it); the embeddings, the attention and the classification head float32. "
+           if int8 else "float32, as trained. ")
         + "It uses ONNX Runtime's fused operators (com.microsoft); inputs `input_ids` and `attention_mask` (int64, "
         "right padding, dynamic batch and sequence axes), output `logits`.",
         "",
