@@ -15,8 +15,9 @@ recipe (lr 5e-5, batch 32, warm-up 10%, max length 128, seed 42):
 
 so the unlabelled text is compared at equal compute ("long"), not only against shorter runs.
 Prints each student's accuracy on the held-out split and on SST-2 dev (reported, never used to choose),
-the teacher's, and the gain of each over plain of the same number of steps, in points. The teacher was trained on all of SST-2 train,
-held-out split included, so its own held-out figure is optimistic; the students never see those sentences.
+the teacher's, and the gain of each over plain of the same number of steps, in points. The teacher was
+trained on all of SST-2 train, held-out split included, so its own held-out figure is optimistic; the
+students never see those sentences.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def main() -> None:
         report(f"integrated gradients (torch, {args.ig_steps} steps)", len(subset),
                *curves(clf, integrated, args.max_k, args.random_draws))
         occluded_subset = occluded[:: args.ig_every]
-        report("occlusion on the same subset", len(subset), *curves(clf, occluded_subset, args.max_k, args.random_draws))
+        report("occlusion on the same subset", len(subset),
+               *curves(clf, occluded_subset, args.max_k, args.random_draws))
         deltas = np.abs([e.delta for e in integrated])
         print(f"\nig completeness |sum - (P(text) - P(baseline))|: median {np.median(deltas):.4f}, "
               f"max {deltas.max():.4f}")

@@ -155,7 +155,8 @@ def ray_runs(model: str, source: Path, work: Path, clf) -> dict:
             summary = score_on_ray(str(source), str(work / f"ray{actors}.csv"), settings, model=model,
                                    threads=threads, actors=actors, progress=False)
             out[f"ray_{actors}x{threads}"] = summary["rows"] / (time.perf_counter() - start)
-            out[f"ray_{actors}x{threads}_same"] = (work / f"ray{actors}.csv").read_bytes() == (work / "local.csv").read_bytes()
+            same = (work / f"ray{actors}.csv").read_bytes() == (work / "local.csv").read_bytes()
+            out[f"ray_{actors}x{threads}_same"] = same
         out["local"] = max(before, local())
         out["rows"] = summary["rows"]
     finally:

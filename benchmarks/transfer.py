@@ -78,7 +78,7 @@ def tasks() -> dict[str, dict]:
     rows = list(csv.DictReader(YELP.open(encoding="utf-8")))
     order = np.random.default_rng(0).permutation(len(rows))
     for name, (labels, mapping) in YELP_TASKS.items():
-        pick = lambda idx: [(rows[i]["text"], mapping[int(rows[i]["stars"])]) for i in idx]  # noqa: E731
+        pick = lambda idx, mapping=mapping: [(rows[i]["text"], mapping[int(rows[i]["stars"])]) for i in idx]  # noqa: E731
         out[name] = dict(labels=labels, train=pick(order[:1000]), test=pick(order[-1000:]))
     return out
 
@@ -237,9 +237,11 @@ def stage_report(results: dict) -> None:
     for name, rows in fewshot.items():
         metric = "accuracy" if name.startswith("amazon") else "macro_f1"
         cells = [f"{100 * default[name][metric]:.1f}" if name in default else "n/a"]
-        cells += [f"{100 * np.mean(rows[str(k)][metric]):.1f} ± {100 * np.std(rows[str(k)][metric]):.1f}" for k in KS]
+        cells += [f"{100 * np.mean(rows[str(k)][metric]):.1f} ± {100 * np.std(rows[str(k)][metric]):.1f}"
+                  for k in KS]
         cells.append(f"{100 * rows['all'][metric]:.1f}")
-        cells += [f"{100 * finetune[name][m][metric]:.1f}" if m in finetune.get(name, {}) else "-" for m in ("lora", "full")]
+        cells += [f"{100 * finetune[name][m][metric]:.1f}" if m in finetune.get(name, {}) else "-"
+                  for m in ("lora", "full")]
         label = name if metric == "accuracy" else f"{name} (macro-F1)"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     yelp = [n for n in fewshot if n.startswith("yelp")]
@@ -247,7 +249,8 @@ def stage_report(results: dict) -> None:
         lines += ["", "Yelp accuracy: " + "; ".join(
             f"{n}: k={KS[-1]} {100 * np.mean(fewshot[n][str(KS[-1])]['accuracy']):.1f}, head on 1,000 "
             f"{100 * fewshot[n]['all']['accuracy']:.1f}"
-            + "".join(f", {m} {100 * finetune[n][m]['accuracy']:.1f}" for m in ("lora", "full") if m in finetune.get(n, {}))
+            + "".join(f", {m} {100 * finetune[n][m]['accuracy']:.1f}"
+                      for m in ("lora", "full") if m in finetune.get(n, {}))
             for n in yelp) + "."]
     costs = [(n, m, r) for n, methods in finetune.items() for m, r in methods.items()]
     if costs:
@@ -294,7 +297,8 @@ def plot(results: dict) -> None:
         means = [100 * np.mean(rows[str(k)][metric]) for k in KS]
         spread = [100 * np.std(rows[str(k)][metric]) for k in KS]
         ax.errorbar(KS, means, yerr=spread, marker="o", capsize=3, color=f"C{i}",
-                    label=name.replace("amazon-", "").replace("_&_", " & ") + ("" if metric == "accuracy" else " (macro-F1)"))
+                    label=name.replace("amazon-", "").replace("_&_", " & ")
+                    + ("" if metric == "accuracy" else " (macro-F1)"))
         if name in results.get("default", {}):
             ax.axhline(100 * results["default"][name][metric], color=f"C{i}", linestyle=":", linewidth=1)
     ax.set_xscale("log")

@@ -23,7 +23,8 @@ CALLS = [
 
 @pytest.fixture(scope="module")
 def three_label_dir(tmp_path_factory, vocab_file):
-    return make_tiny_model(tmp_path_factory.mktemp("three"), vocab_file, seed=3, id2label={0: "neg", 1: "neu", 2: "pos"})
+    return make_tiny_model(tmp_path_factory.mktemp("three"), vocab_file, seed=3,
+                           id2label={0: "neg", 1: "neu", 2: "pos"})
 
 
 @pytest.mark.parametrize("model", ["tiny_model_dir", "three_label_dir"])

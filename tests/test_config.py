@@ -25,7 +25,8 @@ def test_json_round_trip_and_hf_keys(tmp_path):
 
 def test_reads_transformers_config(tmp_path):
     transformers = pytest.importorskip("transformers")
-    transformers.DistilBertConfig(dim=96, n_heads=3, n_layers=2, id2label={0: "NEG", 1: "POS"}).save_pretrained(tmp_path)
+    hf_config = transformers.DistilBertConfig(dim=96, n_heads=3, n_layers=2, id2label={0: "NEG", 1: "POS"})
+    hf_config.save_pretrained(tmp_path)
     config = DistilBertConfig.from_json(tmp_path / "config.json")
     assert (config.dim, config.n_heads, config.n_layers, config.labels) == (96, 3, 2, ["NEG", "POS"])
 

@@ -50,7 +50,8 @@ def three_class(n: int, seed: int) -> list[Example]:
     examples = []
     for _ in range(n):
         label = rng.randrange(3)
-        words = rng.choices(FILLER, k=rng.randrange(1, 10)) + [[rng.choice(NEGATIVE)], [], [rng.choice(POSITIVE)]][label]
+        words = (rng.choices(FILLER, k=rng.randrange(1, 10))
+                 + [[rng.choice(NEGATIVE)], [], [rng.choice(POSITIVE)]][label])
         rng.shuffle(words)
         examples.append(Example(" ".join(words), label))
     return examples
@@ -273,7 +274,8 @@ def test_precomputed_logits_teach_as_the_teacher_itself_does(teacher_dir, vocab_
     half[::2] = np.nan  # every other text has no teacher: it learns from its label
     distill(PrecomputedTeacher(half, given.labels, "half"), examples, tmp_path / "half", student=student,
             config=config, progress=False)
-    assert "32 had no teacher and learned from their label alone" in (tmp_path / "half" / "best" / "README.md").read_text()
+    card = (tmp_path / "half" / "best" / "README.md").read_text()
+    assert "32 had no teacher and learned from their label alone" in card
     orphan = examples[:2] + [Example("no label", UNLABELLED)] + examples[3:]
     with pytest.raises(InputError, match="training text 2 has neither a label nor teacher logits"):
         distill(PrecomputedTeacher(half, given.labels, "half"), orphan, tmp_path / "x", student=student,

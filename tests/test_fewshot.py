@@ -16,7 +16,11 @@ from distilsent.errors import InputError  # noqa: E402
 from distilsent.fewshot import base_tensors, fewshot, fit_head, penultimate_features  # noqa: E402
 
 LABELS = ("sad", "calm", "glad")
-WORDS = {0: ["bad", "awful", "worst", "hate"], 1: ["plot", "story", "actors", "film"], 2: ["great", "fun", "best", "love"]}
+WORDS = {
+    0: ["bad", "awful", "worst", "hate"],
+    1: ["plot", "story", "actors", "film"],
+    2: ["great", "fun", "best", "love"],
+}
 
 
 def examples(per_label: int, seed: int):

@@ -140,8 +140,10 @@ def prefix_tokenizer(real_vocab):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    text=st.lists(st.sampled_from(list("abcdefg hij,.!-'\t\n") + ["é", "e\u0301", "中", "\u00ad", "ß", "İ", "ﬁ", "x" * 40]),
-                  max_size=120).map("".join),
+    text=st.lists(
+        st.sampled_from(list("abcdefg hij,.!-'\t\n") + ["é", "e\u0301", "中", "\u00ad", "ß", "İ", "ﬁ", "x" * 40]),
+        max_size=120,
+    ).map("".join),
     limit=st.integers(2, 30),
 )
 def test_prefix_tokenization_equals_tokenizing_the_whole_text_then_cutting(prefix_tokenizer, text, limit):

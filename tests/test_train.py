@@ -357,6 +357,7 @@ def test_train_verb_mixes_files_with_weights_and_a_label_map(tiny_model_dir, tmp
     # without the map, the file's 3-star row is the error, with its file and line
     assert main(args + ["--out", str(tmp_path / "other")]) == 1
     line = 2 + [e.label for e in data[32:]].index(1)  # the first 5-star row, after the header
-    assert capsys.readouterr().err == f"distilsent: error: {tmp_path / 'stars.csv'}:{line}: label id 5 is outside 0..1\n"
+    assert capsys.readouterr().err == (
+        f"distilsent: error: {tmp_path / 'stars.csv'}:{line}: label id 5 is outside 0..1\n")
     assert main(args + ["--label-map", "nothere.csv=1=NEGATIVE", "--out", str(tmp_path / "x")]) == 1
     assert "--label-map names nothere.csv, which is not a training file" in capsys.readouterr().err

@@ -3,10 +3,11 @@
 Requests submit token id lists and await their logits. One worker task waits for work, lets more
 arrive for at most ``max_wait_ms`` (or until a batch's worth of tokens is queued), then takes a round
 of at most a batch's worth of tokens, one text from each waiting request in turn, so that a small
-request is never stuck behind a big one for longer than a round; a round's batches run shortest first. The round is cut into batches by
-``Classifier.plan`` (the planner offline use has too) and run back to back by ``Classifier.run_batch``
-on a single inference thread; the backend uses every core it was given, so running two batches at
-once would only make them compete. Meanwhile the event loop keeps accepting and tokenizing requests.
+request is never stuck behind a big one for longer than a round; a round's batches run shortest first.
+The round is cut into batches by ``Classifier.plan`` (the planner offline use has too) and run back to
+back by ``Classifier.run_batch`` on a single inference thread; the backend uses every core it was
+given, so running two batches at once would only make them compete. Meanwhile the event loop keeps
+accepting and tokenizing requests.
 
 Admission is bounded by texts and by tokens (``max_queue_texts``, ``max_queue_tokens``): past them
 ``submit`` raises :class:`QueueFullError` instead of letting memory grow.
@@ -96,7 +97,8 @@ class Batcher:
         if not self.alive:
             raise BatcherFailure(self.failure or "the batcher is not running")
         tokens = sum(len(s) for s in sequences)
-        if self.admitted + len(sequences) > self.max_queue_texts or self.admitted_tokens + tokens > self.max_queue_tokens:
+        if (self.admitted + len(sequences) > self.max_queue_texts
+                or self.admitted_tokens + tokens > self.max_queue_tokens):
             raise QueueFullError(
                 f"queue full ({self.admitted} texts, {self.admitted_tokens} tokens admitted; limits "
                 f"{self.max_queue_texts} texts, {self.max_queue_tokens} tokens); retry later"
@@ -231,7 +233,9 @@ class Batcher:
         """On the inference thread: every batch of ``taken``, back to back. Results go to the event loop
         as each batch ends, but the next batch does not wait for the loop, which may be busy with HTTP."""
         plan = self.classifier.plan(
-            [len(job.sequences[i]) for job, i in taken], batch_size=self.max_batch_size, max_batch_tokens=self.max_batch_tokens
+            [len(job.sequences[i]) for job, i in taken],
+            batch_size=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
         )
         for batch in reversed(plan):  # shortest first: short requests are answered without waiting for long ones
             items = [taken[k] for k in batch if not taken[k][0].future.done()]  # skip callers gone or failed
@@ -259,7 +263,9 @@ class Batcher:
         tokens = len(sequences) * max(len(s) for s in sequences)
         loop.call_soon_threadsafe(self._deliver, items, logits, tokens, started, seconds)
 
-    def _deliver(self, items: list[tuple[_Job, int]], logits: np.ndarray, tokens: int, started: float, seconds: float) -> None:
+    def _deliver(
+        self, items: list[tuple[_Job, int]], logits: np.ndarray, tokens: int, started: float, seconds: float
+    ) -> None:
         """On the event loop: hand each text its logits, then tell the observer (which may fail)."""
         for (job, i), row in zip(items, logits):
             job.logits[i] = row

@@ -158,7 +158,8 @@ def card_section(calibration: Calibration, sha256: str | None = None, note: str 
         "",
         "| on the fitting data | before | after |",
         "|---|---|---|",
-        *[f"| {label} | {calibration.before[key] + 0.0:.4f} | {calibration.after[key] + 0.0:.4f} |" for label, key in rows],
+        *[f"| {label} | {calibration.before[key] + 0.0:.4f} | {calibration.after[key] + 0.0:.4f} |"
+          for label, key in rows],
     ]
     if note:
         lines += ["", note]

@@ -163,7 +163,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ the steps
 
-    def encode(self, texts: Sequence[str], *, truncation: bool = True, max_length: int | None = None) -> list[list[int]]:
+    def encode(
+        self, texts: Sequence[str], *, truncation: bool = True, max_length: int | None = None
+    ) -> list[list[int]]:
         """Token ids of each text with ``[CLS]``/``[SEP]``, at most ``max_length`` (default: the model's)
         tokens; with ``truncation=False`` a longer text is an :class:`InputError`."""
         limit = min(max_length or self.max_length, self.config.max_position_embeddings)
@@ -220,7 +222,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ representations (see embeddings.py)
 
-    def run_hidden(self, sequences: Sequence[Sequence[int]], layers: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    def run_hidden(
+        self, sequences: Sequence[Sequence[int]], layers: Sequence[int]
+    ) -> tuple[list[np.ndarray], np.ndarray]:
         """The float32 (B, T, D) hidden state of each of ``layers`` (0 = embeddings ... ``n_layers``) for
         one batch of id lists, padded on the right as in :meth:`run_batch`, and the batch's (B, T) mask."""
         hidden_states = getattr(self.backend, "hidden_states", None)

@@ -520,7 +520,9 @@ EXAMPLES = {
   cat data.jsonl | distilsent train - --out runs/mine --labels neg,neu,pos --text-column body
   distilsent train train.csv --dev dev.csv --out runs/lora --model runs/sst2/best --lora-rank 8 --lr 5e-4
   distilsent train train.tsv --out runs/sliced --preset sst2 --stop-after 1000   # again later: it goes on
-  distilsent train sst2.tsv:0.5 imdb.csv yelp.csv --label-map 'yelp.csv=1,2=NEGATIVE;3=-;4,5=POSITIVE' --out runs/mix""",
+"""
+    "  distilsent train sst2.tsv:0.5 imdb.csv yelp.csv --label-map 'yelp.csv=1,2=NEGATIVE;3=-;4,5=POSITIVE'"
+    " --out runs/mix",
     "distill": """examples:
   distilsent distill train.tsv --teacher runs/big/best --out runs/student --dev dev.tsv --temperature 2
   distilsent distill reviews.txt --teacher runs/big/best --out runs/unlabelled --student runs/student/best
@@ -670,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verb("distill", "train a student on a teacher's softened predictions mixed with the labels; a file "
                         "without a label column (or .txt) learns from the teacher alone")
-    p.add_argument("train_file", metavar="TRAIN_FILE", help="CSV/TSV/JSONL/Parquet, labelled or texts only; .txt: a text per line")
+    p.add_argument("train_file", metavar="TRAIN_FILE",
+                   help="CSV/TSV/JSONL/Parquet, labelled or texts only; .txt: a text per line")
     teacher = p.add_mutually_exclusive_group(required=True)
     teacher.add_argument("--teacher", metavar="DIR", help="any distilsent checkpoint; its labels are learned")
     teacher.add_argument("--teacher-logits", metavar="FILE.npy",

@@ -10,9 +10,10 @@ The T^2 keeps the soft term's gradients the same size whatever the temperature (
 The teacher's logits are computed once, by default on ONNX Runtime, and kept in a file keyed by the
 teacher's files, the training texts and ``max_length`` (``$DISTILSENT_CACHE/teacher-logits/``): a
 second run (another temperature, an interrupted run resumed) reads them back instead of paying the
-teacher again, and a teacher interrupted half-way resumes from its chunks saved beside that file. The hidden-state term needs the teacher's hidden states of every batch, so with
-``alpha_cos > 0`` the teacher also runs forward on PyTorch inside the loop: one teacher forward per
-step, about a third of what a training step of a model of the teacher's size costs.
+teacher again, and a teacher interrupted half-way resumes from its chunks saved beside that file. The
+hidden-state term needs the teacher's hidden states of every batch, so with ``alpha_cos > 0`` the
+teacher also runs forward on PyTorch inside the loop: one teacher forward per step, about a third of
+what a training step of a model of the teacher's size costs.
 
 The loop itself (schedule, checkpoints, resume, progress, best model, card) is :func:`distilsent.train.train`;
 this module gives it the loss. Texts without a label (``UNLABELLED``) learn from the teacher alone.
@@ -37,6 +38,9 @@ from .data import LABEL_COLUMNS, Example, columns, read_examples, read_texts
 from .errors import DistilsentError, InputError
 from .progress import Progress
 from .train import TrainConfig, initial_model, train
+
+# distill()'s default config: TrainConfig is frozen, so sharing one instance is safe.
+DEFAULT_TRAIN_CONFIG = TrainConfig()
 
 UNLABELLED = -1  # the label id of a training text that has none: only the teacher teaches it
 
@@ -356,7 +360,8 @@ def _precomputed_logits(teacher: PrecomputedTeacher, train_examples: list[Exampl
     if orphans:
         raise InputError(f"training text {orphans[0]} has neither a label nor teacher logits")
     if options.alpha_cos:
-        raise InputError("the hidden-state loss needs a teacher checkpoint, not precomputed logits (set alpha_cos to 0)")
+        raise InputError("the hidden-state loss needs a teacher checkpoint, not precomputed logits "
+                         "(set alpha_cos to 0)")
     return logits, hashlib.sha256(logits.tobytes()).hexdigest()
 
 
@@ -367,7 +372,7 @@ def distill(
     *,
     student: str | os.PathLike | None = None,
     dev_examples: list[Example] | None = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = DEFAULT_TRAIN_CONFIG,
     options: DistillConfig = DistillConfig(),
     logits_cache: str | os.PathLike | None = None,
     data_files: Sequence[str | os.PathLike] = (),

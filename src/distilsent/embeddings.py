@@ -29,7 +29,8 @@ def layer_index(layer: int, n_layers: int) -> int:
     """``layer`` in 0..n_layers, or counted from the end when negative (-1 is the last block)."""
     count = n_layers + 1
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -count <= layer < count:
-        raise InputError(f"layer must be an integer in {-count}..{n_layers} (hidden states 0..{n_layers}), got {layer!r}")
+        raise InputError(f"layer must be an integer in {-count}..{n_layers} (hidden states 0..{n_layers}), "
+                         f"got {layer!r}")
     return int(layer) % count
 
 

@@ -217,7 +217,8 @@ class GradientExplainer:
         for first in range(0, self.steps, chunk):
             a = alphas[first:first + chunk, None, None]  # (S, 1, 1)
             scaled = (base + a * (x - base)).requires_grad_(True)  # (S, T, D)
-            handle = embedding.register_forward_hook(lambda module, inputs, output: scaled)
+            # the default binds this pass's tensor (the hook is removed before the next pass)
+            handle = embedding.register_forward_hook(lambda module, inputs, output, scaled=scaled: scaled)
             try:
                 p = torch.softmax(self.model(input_ids.expand(len(a), -1)), -1)[:, label]  # (S,)
             finally:

@@ -78,7 +78,8 @@ def fit_head(features: np.ndarray, labels: Sequence[int], n_labels: int, *, c: f
     y = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(y, minlength=n_labels) if y.size else np.zeros(n_labels, dtype=np.int64)
     if n_labels < 2 or len(counts) != n_labels or counts.min() < 1:
-        raise InputError(f"a few-shot head needs an example of each of its {n_labels} labels; got counts {counts.tolist()}")
+        raise InputError(f"a few-shot head needs an example of each of its {n_labels} labels; "
+                         f"got counts {counts.tolist()}")
     x = np.asarray(features, dtype=np.float64)
     folds = min(MAX_FOLDS, int(counts.min()))
     if c is None and folds >= 2:

@@ -186,7 +186,7 @@ def _numbered(ray, ds, row_key: str, chunk_rows: int):
         end = min(begin + chunk_rows, total)
         while starts[first_block + 1] <= begin:  # blocks wholly before this chunk are done with
             first_block += 1
-        overlapping = list(itertools.takewhile(lambda i: starts[i] < end, range(first_block, len(blocks))))
+        overlapping = list(itertools.takewhile(lambda i, end=end: starts[i] < end, range(first_block, len(blocks))))
         bounds = [(max(begin, starts[i]) - starts[i], min(end, starts[i + 1]) - starts[i]) for i in overlapping]
         chunks.append(chunk.remote(begin + 1, bounds, *(blocks[i] for i in overlapping)))
     return ray.data.from_arrow_refs(chunks), total
@@ -217,7 +217,8 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
     in_fmt = in_format or detect_format(source)
     out_fmt = out_format or ("parquet" if shards and not Path(target).suffix else detect_format(target))
     if settings.embeddings and out_fmt in ("csv", "tsv"):
-        raise InputError(f"embeddings are lists of numbers, which {out_fmt.upper()} cannot hold; write JSONL or Parquet")
+        raise InputError(f"embeddings are lists of numbers, which {out_fmt.upper()} cannot hold; "
+                         "write JSONL or Parquet")
     if "://" not in source and not Path(source).is_file():
         raise DataError(f"{source}: no such file")
     ray = require_ray(local=address is None)
@@ -241,7 +242,8 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         context.enable_progress_bars = False
         ds = _read(ray, source, in_fmt, joined=address is not None)
         columns = ds.schema().names
-        scorer = Scorer(_Labels(labels), settings, pick_column(columns, settings.text_column, TEXT_COLUMNS, "text", source))
+        text_column = pick_column(columns, settings.text_column, TEXT_COLUMNS, "text", source)
+        scorer = Scorer(_Labels(labels), settings, text_column)
         scorer.check_columns(columns, source)
         row_key = f"{settings.prefix}row"
         if row_key in columns:
@@ -335,4 +337,5 @@ def _write_shards(scored, directory: str, fmt: str) -> None:
         import pyarrow.csv as pacsv
 
         delimiter = "\t" if fmt == "tsv" else ","
-        scored.write_csv(directory, arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
+        scored.write_csv(directory,
+                         arrow_csv_args_fn=lambda: {"write_options": pacsv.WriteOptions(delimiter=delimiter)})
