@@ -84,7 +84,7 @@ def dataset(n, seed):
 
 def test_lora_training_saves_a_merged_low_rank_update(tiny_model_dir, tmp_path):
     config = TrainConfig(learning_rate=5e-3, batch_size=16, warmup_steps=2, epochs=2, max_length=32, eval_every=0,
-                         seed=3, lora_rank=2, lora_targets=("q_lin", "lin2"))
+                         seed=3, lora_rank=2, lora_targets=("q_lin", "lin2"), precision="fp32")
     model, tokenizer = initial_model(str(tiny_model_dir), ("NEGATIVE", "POSITIVE"), seed=3)
     summary = train(model, tokenizer, dataset(96, 0), dataset(32, 1), config, tmp_path, progress=False)
     assert summary["trainable_parameters"] == trainable_parameters(model) < model.num_parameters() // 5

@@ -35,7 +35,7 @@ def three_class(tiny_model_dir, tmp_path_factory):
     train_file, dev_file = write_data(root / "train.csv", 256, 0), write_data(root / "dev.csv", 60, 1)
     code = main(["train", str(train_file), "--dev", str(dev_file), "--out", str(root / "run"), "--model",
                  str(tiny_model_dir), "--labels", ",".join(LABELS), "--lr", "2e-3", "--epochs", "8",
-                 "--batch-size", "16", "--warmup-steps", "4", "--quiet"])
+                 "--batch-size", "16", "--warmup-steps", "4", "--precision", "fp32", "--quiet"])
     assert code == 0
     return root / "run" / "best", dev_file
 
