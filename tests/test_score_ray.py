@@ -81,8 +81,7 @@ def test_blocks_are_recut_into_the_local_engines_chunks(local_ray):
               ((0, 7), (7, 33), (40, 0), (40, 50), (90, 10))]
     numbered, total = _numbered(ray, ray.data.from_arrow(tables), "row", 40)
     chunks = [ray.get(ref) for ref in numbered.to_arrow_refs()]
-    # Each actor batch is then exactly a local chunk: int8 models quantize activations per batch, so the
-    # company a row keeps in its batch shows in the last digits of its score.
+    # Each actor batch is then exactly a local chunk, as the local engine cuts them.
     assert total == 100 and [c.num_rows for c in chunks] == [40, 40, 20]
     rows = [r for c in chunks for r in c.to_pylist()]
     assert [r["row"] for r in rows] == list(range(1, 101))

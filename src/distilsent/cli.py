@@ -39,14 +39,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
-    return number
+def _ranged(convert, low, high, what: str):
+    """An argparse type: ``convert(value)`` within ``[low, high]``, else a usage error naming ``what``."""
+    def parse(value: str):
+        try:
+            number = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return number
+
+    return parse
+
+
+_port = _ranged(int, 1, 65535, "a port from 1 to 65535")
+_probability = _ranged(float, 0, 1, "a probability between 0 and 1")
 
 
 def _stdin_lines() -> Iterator[str]:
@@ -65,20 +73,8 @@ def _stdin_lines() -> Iterator[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-
-
 def _long_text(args: argparse.Namespace) -> dict:
     return {"long_text": args.long_text, "stride": args.stride, "aggregate": args.aggregate, "window": args.window}
-
-
-def _probability(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}") from None
-    if not 0 <= number <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {value!r}")
-    return number
 
 
 def long_text_options(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@
 - Ray Data reads the input (CSV/TSV with every column kept as text, as the local engine does; JSONL;
   Parquet). The blocks are re-cut into the local engine's chunks (rows 1-1000, 1001-2000, ...) and every
   row gets its 1-based input row number, so order survives any scheduling (the index column is how the
-  output is put back in order) and each actor batch is exactly a local chunk. Batches matter for the
-  bytes: int8 models quantize activations per batch, so scores depend slightly on the batch's company.
+  output is put back in order) and each actor batch is exactly a local chunk, so both engines batch the
+  same rows together (float32 sums in another batch shape can differ in the last bits).
 - ``map_batches`` runs the rows through a pool of classifier actors; each actor loads the model once,
   with the ONNX backend and ``threads`` intra-op threads.
 - The model travels with the job: the driver puts the checkpoint's small files and its ONNX graph in the
