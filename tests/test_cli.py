@@ -241,6 +241,11 @@ def spy_on_reading(monkeypatch) -> list[str]:
     return seen
 
 
+def windowed(model) -> list[str]:
+    """``predict`` reading long texts as windows (the tiny model carries no reading of its own)."""
+    return ["predict", "--long-text", "window", "--model", str(model)]
+
+
 def test_predict_refuses_a_text_over_max_windows_before_reading_it(tiny_model_dir, capsys, monkeypatch):
     # The tiny model reads 64-token windows (62 content tokens, a start every 31): 3 windows hold 126 tokens.
     clf = Classifier.load(tiny_model_dir, long_text="window")
@@ -248,15 +253,15 @@ def test_predict_refuses_a_text_over_max_windows_before_reading_it(tiny_model_di
     assert [len(clf.windows([t]).sequences) for t in (fits, over)] == [3, 4]
     seen = spy_on_reading(monkeypatch)
     data = f"great\n{fits}\n{over}\nawful\n".encode()
-    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3"], capsys, data, monkeypatch)
+    code, lines, err = run([*windowed(tiny_model_dir), "--max-windows", "3"], capsys, data, monkeypatch)
     assert code == 1
     assert lines == clf(["great", fits])  # the lines before the refused one are answered, nothing after it
     assert err == ("distilsent: error: line 3: the text needs more than 3 windows of 64 tokens; raise --max-windows, "
                    "or pass --long-text truncate to read its first 64 tokens\n")
     assert over not in seen
-    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "3", "awful", over], capsys)
+    code, lines, err = run([*windowed(tiny_model_dir), "--max-windows", "3", "awful", over], capsys)
     assert code == 1 and len(lines) == 1 and err.startswith("distilsent: error: text 2: the text needs more than 3")
-    code, lines, _ = run(["predict", "--model", str(tiny_model_dir), "--max-windows", "4", over], capsys)
+    code, lines, _ = run([*windowed(tiny_model_dir), "--max-windows", "4", over], capsys)
     assert code == 0 and lines == clf([over])
 
 
@@ -265,7 +270,7 @@ def test_predict_default_window_cap_refuses_a_huge_line_at_once(tiny_model_dir, 
 
     huge = ("not good at all " * 250_000).encode()  # 4 MB, a million tokens: tens of thousands of windows
     start = time.perf_counter()
-    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, b"fine\n" + huge + b"\n", monkeypatch)
+    code, lines, err = run([*windowed(tiny_model_dir)], capsys, b"fine\n" + huge + b"\n", monkeypatch)
     assert code == 1 and len(lines) == 1
     assert "line 2: the text needs more than 128 windows of 64 tokens" in err and err.count("\n") == 1
     assert time.perf_counter() - start < 20  # reading it whole takes longer than that, let alone its windows
@@ -283,7 +288,7 @@ def test_eval_refuses_a_text_over_max_windows_before_evaluating(tiny_model_dir, 
     data = labelled_file(tmp_path / "d.tsv", rows=4)
     data.write_text(data.read_text() + " ".join(["good"] * 125) + "\t1\n")
     monkeypatch.setattr(distilsent.evaluate, "evaluate", evaluate)
-    code = main(["eval", str(tiny_model_dir), str(data), "--max-windows", "3", "--quiet"])
+    code = main(["eval", str(tiny_model_dir), str(data), "--long-text", "window", "--max-windows", "3", "--quiet"])
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"distilsent: error: {data}: example 5: the text needs more than 3 windows")

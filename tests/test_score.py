@@ -433,7 +433,7 @@ def test_a_failed_run_leaves_no_partial_output(tmp_path, clf, bad):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_an_interrupted_run_says_how_to_resume(tmp_path, tiny_model_dir, signum, code):
-    source = write_table(tmp_path / "big.csv", records(20_000))
+    source = write_table(tmp_path / "big.csv", records(200_000))  # seconds of work: the signal comes first
     partial = tmp_path / "out.csv.partial"
     process = subprocess.Popen([sys.executable, "-m", "distilsent", "score", "big.csv", "out.csv", "--model",
                                 str(tiny_model_dir), "--chunk-rows", "100", "--quiet"], cwd=tmp_path,
