@@ -28,16 +28,15 @@ from typing import Any
 
 import numpy as np
 
-from .data import TEXT_COLUMNS, detect_format, pick_column
+from .data import TEXT_COLUMNS, pick_column
 from .embeddings import POOLINGS
 from .errors import DataError, DistilsentError, InputError
 from .long_text import aggregate as aggregate_windows
 from .long_text import check_strategy, over_window_limit
 from .progress import Progress
-from .tables import Row, open_reader, open_writer, require_pyarrow
+from .tables import Row, detect_format, open_reader, open_writer, require_pyarrow
 
 ON_ERROR = ("fail", "skip", "mark")
-ENGINES = ("local", "ray")
 # Rows per chunk: the unit of reading, classifying, writing and resuming. A thousand rows fill dozens of
 # length-sorted batches (so the batch planner has lengths to group) and cost ~1 MB of memory for
 # short texts; the loss on an interruption is at most one chunk.
@@ -430,21 +429,11 @@ def count_rows(source: str, fmt: str) -> int:
     return max(0, lines - (fmt in ("csv", "tsv")))
 
 
-def score_file(source: str, target: str, *, model: str | None = None, threads: int | None = None,
-               engine: str = "local", resume: bool = False, progress: bool = True, in_format: str | None = None,
-               out_format: str | None = None, ray_options: dict | None = None, **settings: Any) -> dict:
-    """Load the model and score ``source`` into ``target`` (``engine="ray"``: on a Ray cluster, see
-    :mod:`distilsent.ray_engine`). ``settings`` are the fields of :class:`ScoreSettings`."""
-    if engine not in ENGINES:
-        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    settings = ScoreSettings(**settings)
-    if engine == "ray":
-        from .ray_engine import score_on_ray
-
-        if resume:
-            raise InputError("--resume is for the local engine; a Ray job re-runs failed tasks itself")
-        return score_on_ray(source, target, settings, model=model, threads=threads, progress=progress,
-                            in_format=in_format, out_format=out_format, **(ray_options or {}))
+def score_file(source: str, target: str, settings: ScoreSettings, *, model: str | None = None,
+               threads: int | None = None, resume: bool = False, progress: bool = True, in_format: str | None = None,
+               out_format: str | None = None) -> dict:
+    """Load the model and score ``source`` into ``target`` on this machine (on a Ray cluster:
+    :func:`distilsent.ray_engine.score_on_ray`, which builds on this module)."""
     from .classifier import Classifier
 
     check_target(target)  # before the model loads

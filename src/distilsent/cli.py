@@ -60,7 +60,7 @@ _probability = _ranged(float, 0, 1, "a probability between 0 and 1")
 def _stdin_lines() -> Iterator[str]:
     """Lines of stdin as text; invalid UTF-8 is replaced (U+FFFD) and reported with its line number.
     Binary data (a NUL byte, or mostly invalid UTF-8, at the start) is refused before any line is read."""
-    from .data import looks_binary, not_text, peek_head
+    from .tables import looks_binary, not_text, peek_head
 
     if looks_binary(peek_head(sys.stdin.buffer)):
         raise not_text("-")
@@ -426,18 +426,26 @@ def _terminate(signum, frame) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     import signal
 
-    from .bulk import score_file
+    from .bulk import ScoreSettings, score_file
+    from .errors import InputError
 
-    ray_options = {"address": args.address, "actors": args.actors, "shards": args.shards}
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        summary = score_file(args.input, args.output, model=args.model, threads=args.threads, engine=args.engine,
-                             resume=args.resume, progress=not args.quiet, ray_options=ray_options,
-                             in_format=args.format, out_format=args.output_format,
-                             text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
+    settings = ScoreSettings(text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                              prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
                              long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
                              window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
+    files = {"progress": not args.quiet, "in_format": args.format, "out_format": args.output_format}
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.engine == "ray":  # the Ray engine builds on bulk's Scorer; the command line picks the engine
+            from .ray_engine import score_on_ray
+
+            if args.resume:
+                raise InputError("--resume is for the local engine; a Ray job re-runs failed tasks itself")
+            summary = score_on_ray(args.input, args.output, settings, model=args.model, threads=args.threads,
+                                   address=args.address, actors=args.actors, shards=args.shards, **files)
+        else:
+            summary = score_file(args.input, args.output, settings, model=args.model, threads=args.threads,
+                                 resume=args.resume, **files)
     except KeyboardInterrupt:
         partial = Path(args.output + ".partial")
         if args.engine == "local" and "-" not in (args.input, args.output) and partial.is_dir():
@@ -556,9 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .backends import BACKENDS
     from .config import LABELS
-    from .data import FORMATS
     from .long_text import AGGREGATIONS, STRATEGIES
     from .service_settings import ServiceSettings
+    from .tables import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="distilsent",

@@ -19,40 +19,11 @@ from pathlib import Path
 
 from .config import LABELS
 from .errors import DataError
+from .tables import FORMATS, HEAD_BYTES, detect_format, looks_binary, not_text, open_reader
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "comment")
 LABEL_COLUMNS = ("label", "sentiment", "labels", "target", "class", "stars", "rating")
 ALIASES = {"pos": "positive", "neg": "negative", "+": "positive", "-": "negative"}
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
-HEAD_BYTES = 8192  # how much of a file tells text from binary
-
-
-def looks_binary(head: bytes) -> bool:
-    """Whether a file's first bytes say it is not UTF-8 text: a NUL byte (text has none; nearly every binary
-    format, UTF-16 included, has them at once), or more invalid UTF-8 than text in another 8-bit encoding
-    (Latin-1 reviews: a few accented letters) would give. Read as lines, such a file becomes hundreds of
-    made-up texts and warnings instead of one clear error."""
-    if b"\0" in head:
-        return True
-    text = head.decode("utf-8", errors="replace")
-    return text.count("\ufffd") > len(text) // 4
-
-
-def not_text(path: str) -> DataError:
-    return DataError(f"{'stdin' if path == '-' else path}: not a text file (expected UTF-8 text)")
-
-
-def peek_head(stream) -> bytes:
-    """The first bytes of a binary stream, left unread: a buffered stream's peek (on a pipe, what one read
-    returns), else read and sought back (``io.BytesIO`` standing in for stdin has no peek)."""
-    if hasattr(stream, "peek"):
-        return stream.peek(HEAD_BYTES)[:HEAD_BYTES]
-    start = stream.tell()
-    head = stream.read(HEAD_BYTES)
-    stream.seek(start)
-    return head
-
-
 @dataclass(frozen=True)
 class Example:
     text: str
@@ -116,24 +87,9 @@ class Source:
         return "stdin" if self.path == "-" else Path(self.path).name
 
 
-def detect_format(path: str) -> str:
-    if path == "-":
-        return "jsonl"
-    suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("json", "ndjson"):
-        return "jsonl"
-    if suffix in FORMATS:
-        return suffix
-    raise DataError(
-        f"{path}: cannot tell the format from the extension; name it with --format (fmt= in Python), "
-        f"one of {', '.join(FORMATS)}"
-    )
-
-
 def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict]]:
     """(line or row number, record) pairs, streamed by :func:`distilsent.tables.open_reader`; the first row
     that cannot be read is a DataError naming its line."""
-    from .tables import open_reader  # tables builds on this module (detect_format)
 
     reader = open_reader(path, fmt)
     try:

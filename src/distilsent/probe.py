@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import HEAD_BYTES, looks_binary, not_text
 from .errors import DataError, InputError, MissingDependencyError
+from .tables import HEAD_BYTES, looks_binary, not_text
 
 PLACEHOLDER = "{term}"
 DATA_DIR = Path(__file__).parent / "probe_data"

@@ -32,10 +32,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .bulk import REPORTED_ROWS, Scorer, ScoreSettings, text_problem
-from .data import TEXT_COLUMNS, detect_format, pick_column
+from .data import TEXT_COLUMNS, pick_column
 from .errors import DataError, DistilsentError, InputError, MissingDependencyError
 from .progress import Progress
-from .tables import open_writer, require_pyarrow
+from .tables import detect_format, open_writer, require_pyarrow
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # not needed once the ONNX graph ships
 

@@ -85,7 +85,7 @@ except ImportError as e:
     ) from None
 
 from .batcher import Batcher
-from .classifier import FUNCTIONS, Classifier, model_reading
+from .classifier import FUNCTIONS, Classifier
 from .long_text import UNLIMITED, WindowPlan, aggregate, plan
 from .service_settings import ServiceSettings
 from .ui import content_security_policy, explain_for_page, page
@@ -650,7 +650,7 @@ class Service:
         s = self.settings
         flags = {"long_text": s.long_text, "window": s.window, "stride": s.stride, "aggregate": s.aggregate}
         if s.long_text is None and "reading" in classifier.config.distilsent:
-            own = model_reading(classifier.config).options()
+            own = classifier.reading.options()  # loaded without a long_text: the model's own
             return {**{k: own[k] for k in flags}, **{k: v for k, v in flags.items() if v is not None}}
         return flags
 

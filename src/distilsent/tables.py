@@ -21,8 +21,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from .data import detect_format, looks_binary, not_text, peek_head
 from .errors import DataError, MissingDependencyError
+
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
+HEAD_BYTES = 8192  # how much of a file tells text from binary
+
+
+def looks_binary(head: bytes) -> bool:
+    """Whether a file's first bytes say it is not UTF-8 text: a NUL byte (text has none; nearly every binary
+    format, UTF-16 included, has them at once), or more invalid UTF-8 than text in another 8-bit encoding
+    (Latin-1 reviews: a few accented letters) would give. Read as lines, such a file becomes hundreds of
+    made-up texts and warnings instead of one clear error."""
+    if b"\0" in head:
+        return True
+    text = head.decode("utf-8", errors="replace")
+    return text.count("\ufffd") > len(text) // 4
+
+
+def not_text(path: str) -> DataError:
+    return DataError(f"{'stdin' if path == '-' else path}: not a text file (expected UTF-8 text)")
+
+
+def peek_head(stream) -> bytes:
+    """The first bytes of a binary stream, left unread: a buffered stream's peek (on a pipe, what one read
+    returns), else read and sought back (``io.BytesIO`` standing in for stdin has no peek)."""
+    if hasattr(stream, "peek"):
+        return stream.peek(HEAD_BYTES)[:HEAD_BYTES]
+    start = stream.tell()
+    head = stream.read(HEAD_BYTES)
+    stream.seek(start)
+    return head
+
+
+def detect_format(path: str) -> str:
+    if path == "-":
+        return "jsonl"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in ("json", "ndjson"):
+        return "jsonl"
+    if suffix in FORMATS:
+        return suffix
+    raise DataError(
+        f"{path}: cannot tell the format from the extension; name it with --format (fmt= in Python), "
+        f"one of {', '.join(FORMATS)}"
+    )
 
 
 def require_pyarrow():
