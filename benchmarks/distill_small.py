@@ -42,12 +42,12 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/distill-small", help="run directories and the logits cache")
     args = parser.parse_args()
 
-    from distilsent.checkpoint import default_model_dir
-    from distilsent.classifier import Classifier
-    from distilsent.data import Example, read_examples, split_examples
-    from distilsent.distill import UNLABELLED, DistillConfig, distill
-    from distilsent.evaluate import evaluate
-    from distilsent.train import TrainConfig, initial_model, train
+    from distilsent.data.examples import Example, read_examples, split_examples
+    from distilsent.model.checkpoint import default_model_dir
+    from distilsent.runtime.classifier import Classifier
+    from distilsent.training.distill import UNLABELLED, DistillConfig, distill
+    from distilsent.training.evaluate import evaluate
+    from distilsent.training.train import TrainConfig, initial_model, train
 
     rest, held_out = split_examples(read_examples(SST2 / "train.tsv"), 1000 / 67349, SPLIT_SEED)
     labelled = rest[: args.labelled]

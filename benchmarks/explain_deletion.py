@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 from distilsent import Classifier
-from distilsent.data import read_examples
-from distilsent.explain import GradientExplainer, occlusion
+from distilsent.data.examples import read_examples
+from distilsent.insight.explain import GradientExplainer, occlusion
 
 
 def without(text: str, spans: list[tuple[int, int]]) -> str:
@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = [e.text for e in read_examples(args.file)]
-    from distilsent.explain import split_words
+    from distilsent.insight.explain import split_words
 
     texts = [t for t in texts if len(split_words(t)) > args.max_k]
     clf = Classifier.load(args.model, threads=args.threads)

@@ -39,10 +39,10 @@ def main() -> None:
                              "to RESULTS.md)")
     args = parser.parse_args()
 
-    from distilsent.classifier import Classifier
-    from distilsent.data import read_examples, split_examples
-    from distilsent.evaluate import evaluate
-    from distilsent.train import PRESETS, initial_model, train
+    from distilsent.data.examples import read_examples, split_examples
+    from distilsent.runtime.classifier import Classifier
+    from distilsent.training.evaluate import evaluate
+    from distilsent.training.train import PRESETS, initial_model, train
 
     config = dataclasses.replace(PRESETS["imdb"], eval_every=0, save_every=50, threads=2, max_steps=args.max_steps)
     rest, validation = split_examples(read_examples(IMDB), *SPLIT)

@@ -6,7 +6,7 @@
     python benchmarks/long_text.py --heads 0,64,256  # also other head_tail splits on the long IMDb texts
 
 The validation split is carved out of ``../shared/data/imdb/train.csv`` (the model never saw IMDb) with
-``distilsent.data.split_examples(examples, fraction, seed)``; fraction 0.1 and seed 9 by default.
+``distilsent.data.examples.split_examples(examples, fraction, seed)``; fraction 0.1 and seed 9 by default.
 For each data set: accuracy and texts/s with truncate, head_tail, window + mean and window + max, and
 windows of ``--windows`` tokens (128 by default) + mean and + max, on the texts longer than 512 tokens
 and on all of them.
@@ -41,7 +41,7 @@ DATA = ROOT.parent / "shared" / "data"
 def timed(clf, texts, strategy, stride, window=None):
     """Per-text probabilities of both aggregations, seconds, sequences and tokens run (the library's path:
     encode, plan windows, run them under the token budget, aggregate)."""
-    from distilsent.long_text import aggregate
+    from distilsent.runtime.long_text import aggregate
 
     start = time.perf_counter()
     window_plan = clf.windows(texts, long_text=strategy, stride=stride, window=window)
@@ -68,7 +68,7 @@ def cost(clf, texts, stride, repeats, widths=()):
 def measure(clf, name, examples, stride, widths=()):
     """Rows of accuracy and texts/s per strategy; ``widths``: also windows of these many tokens (stride half
     of one), which split the texts shorter than the model's limit too, so those are run for them as well."""
-    from distilsent.evaluate import metrics
+    from distilsent.training.evaluate import metrics
 
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
@@ -119,7 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from distilsent import Classifier
-    from distilsent.data import read_examples, split_examples
+    from distilsent.data.examples import read_examples, split_examples
 
     if not (DATA / "imdb" / "train.csv").is_file():
         raise SystemExit(f"no IMDb data at {DATA / 'imdb' / 'train.csv'}")

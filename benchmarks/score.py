@@ -55,8 +55,8 @@ def head_rows(source: Path, target: Path, rows: int, delimiter: str) -> Path:
 
 
 def throughput(clf, path: Path, text_column: str, rounds: int, work: Path) -> dict:
-    from distilsent.bulk import ScoreSettings, score_stream
-    from distilsent.data import read_examples
+    from distilsent.bulk.local import ScoreSettings, score_stream
+    from distilsent.data.examples import read_examples
 
     texts = [e.text for e in read_examples(path, text_column=text_column)]
     settings = ScoreSettings(text_column=text_column, prefix="pred_", chunk_rows=CHUNK)
@@ -77,10 +77,10 @@ def tiny_model(directory: Path) -> Path:
     """A random 2-layer, 64-dim classifier with the embedded model's 30,522-token vocabulary."""
     import torch
 
-    from distilsent.checkpoint import default_model_dir, save_model
-    from distilsent.config import DistilBertConfig
-    from distilsent.model import DistilBertForSequenceClassification
-    from distilsent.tokenizer import Tokenizer
+    from distilsent.model.checkpoint import default_model_dir, save_model
+    from distilsent.model.config import DistilBertConfig
+    from distilsent.model.distilbert import DistilBertForSequenceClassification
+    from distilsent.model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(default_model_dir())
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=2, hidden_dim=128)
@@ -132,11 +132,11 @@ def rss_run(model: Path, source: Path, target: Path, rows: int) -> dict:
 
 
 def ray_runs(model: str, source: Path, work: Path, clf) -> dict:
-    from distilsent.ray_engine import require_ray
+    from distilsent.bulk.ray_engine import require_ray
 
     ray = require_ray(local=True)
-    from distilsent.bulk import ScoreSettings, score_stream
-    from distilsent.ray_engine import score_on_ray
+    from distilsent.bulk.local import ScoreSettings, score_stream
+    from distilsent.bulk.ray_engine import score_on_ray
 
     settings = ScoreSettings(text_column="sentence", prefix="pred_", chunk_rows=CHUNK)
 

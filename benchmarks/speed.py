@@ -41,7 +41,7 @@ COMPARE_SHORT_CALLS = 50
 
 
 def dev_examples(path: Path) -> tuple[list[str], list[int]]:
-    from distilsent.data import read_examples
+    from distilsent.data.examples import read_examples
 
     examples = read_examples(path)
     return [e.text for e in examples], [e.label for e in examples]
@@ -105,7 +105,7 @@ def peak_rss_mb() -> float:
 
 
 def worker(engine: str, directory: Path, threads: int, data: Path) -> dict:
-    from distilsent.checkpoint import load_config, load_tokenizer
+    from distilsent.model.checkpoint import load_config, load_tokenizer
 
     config = load_config(directory)
     tokenizer = load_tokenizer(directory, config)
@@ -208,9 +208,9 @@ def base_size_model(directory: Path, tokenizer_dir: Path) -> Path:
     """DistilBERT-base size (768 dim, 6 layers, 12 heads, 3072 FFN) with seeded random weights."""
     import torch
 
-    from distilsent.checkpoint import load_tokenizer, save_model
-    from distilsent.config import DistilBertConfig
-    from distilsent.model import DistilBertForSequenceClassification
+    from distilsent.model.checkpoint import load_tokenizer, save_model
+    from distilsent.model.config import DistilBertConfig
+    from distilsent.model.distilbert import DistilBertForSequenceClassification
 
     config = DistilBertConfig()
     torch.manual_seed(0)
@@ -221,7 +221,7 @@ def base_size_model(directory: Path, tokenizer_dir: Path) -> Path:
 
 
 def prepare(size: str, model: Path, scratch: Path) -> dict[str, Path]:
-    from distilsent.export import export
+    from distilsent.runtime.export import export
 
     source = model if size == "default" else base_size_model(scratch / f"{size}-torch", model)
     dirs = {"pipeline": source, "torch": source, "onnx": scratch / f"{size}-onnx", "int8": scratch / f"{size}-int8"}
@@ -298,7 +298,7 @@ def main() -> None:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]), args.threads, args.data)))
         return
 
-    from distilsent.checkpoint import resolve
+    from distilsent.model.checkpoint import resolve
 
     if not args.data.is_file():
         raise SystemExit(f"SST-2 dev not found at {args.data}; pass --data")

@@ -58,10 +58,10 @@ def reference_loop(model_dir: Path, examples, batch_size: int, max_length: int, 
 
 def compare_precisions(args) -> None:
     from distilsent import Classifier
-    from distilsent.checkpoint import load_model
-    from distilsent.data import read_examples
-    from distilsent.evaluate import evaluate
-    from distilsent.train import TrainConfig, cpu_flags, train
+    from distilsent.data.examples import read_examples
+    from distilsent.model.checkpoint import load_model
+    from distilsent.training.evaluate import evaluate
+    from distilsent.training.train import TrainConfig, cpu_flags, train
 
     shared = ROOT.parent / "shared" / "data"
     half = args.examples // 2
@@ -111,10 +111,10 @@ def main() -> None:
 
     import torch
 
-    from distilsent.checkpoint import save_model
-    from distilsent.convert import convert_bert, minilm_dir
-    from distilsent.data import read_examples
-    from distilsent.train import TrainConfig, train
+    from distilsent.data.examples import read_examples
+    from distilsent.model.checkpoint import save_model
+    from distilsent.model.convert import convert_bert, minilm_dir
+    from distilsent.training.train import TrainConfig, train
 
     torch.set_num_threads(args.threads)
     examples = read_examples(args.data)[: args.examples]

@@ -17,9 +17,9 @@ Data and splits (fixed, seed 0; nothing is selected on a test split):
   4-5 positive; 5 classes: the stars.
 
 Few-shot heads: k examples per class drawn from the pool (5 draws, seeds 0-4), the library's fit
-(``distilsent.fewshot.fit_head``: L2 logistic regression, C cross-validated on the k examples), on the
+(``distilsent.training.fewshot.fit_head``: L2 logistic regression, C cross-validated on the k examples), on the
 penultimate features of the default model, each text embedded once and reused by every draw; also a head
-on the whole pool. Fine-tuning: ``distilsent.train`` from the default model on the whole pool, max length
+on the whole pool. Fine-tuning: ``distilsent.training.train`` from the default model on the whole pool, max length
 128, batch 16, 1 epoch, warm-up 6 steps, no dev evaluation; full fine-tuning at lr 5e-5, LoRA rank 8,
 alpha 16 on all six projections (plus the head) at lr 5e-4. Every model is scored with the ONNX backend
 at max length 128. Peak memory is the training process's maximum resident set size (one fresh process
@@ -92,8 +92,8 @@ def save_results(results: dict) -> None:
 
 
 def scores(labels: np.ndarray, logits: np.ndarray, names) -> dict:
-    from distilsent.classifier import softmax
-    from distilsent.evaluate import metrics
+    from distilsent.runtime.classifier import softmax
+    from distilsent.training.evaluate import metrics
 
     m = metrics(labels, softmax(logits.astype(np.float64)), names)
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
@@ -106,8 +106,8 @@ def draw(labels: np.ndarray, k: int, n_labels: int, seed: int) -> np.ndarray:
 
 def stage_features(results: dict) -> None:
     from distilsent import Classifier
-    from distilsent.checkpoint import default_model_dir, load_config
-    from distilsent.fewshot import base_tensors, fit_head, penultimate_features
+    from distilsent.model.checkpoint import default_model_dir, load_config
+    from distilsent.training.fewshot import base_tensors, fit_head, penultimate_features
 
     clf = Classifier.load(None, max_length=MAX_LENGTH)
     tensors = base_tensors(default_model_dir(), load_config(default_model_dir()))
@@ -164,20 +164,20 @@ def throughput(clf, texts: list[str]) -> dict:
 
 
 def _finetune_child(task: dict, method: str, out_dir: str) -> dict:
-    import distilsent.lora
-    from distilsent.checkpoint import default_model_dir
-    from distilsent.data import Example
-    from distilsent.train import TrainConfig, initial_model, train
+    import distilsent.model.lora
+    from distilsent.data.examples import Example
+    from distilsent.model.checkpoint import default_model_dir
+    from distilsent.training.train import TrainConfig, initial_model, train
 
     # The peak of the training steps alone: read just before train() saves the final model.
     steps_peak_kb = []
-    merged_copy = distilsent.lora.merged_copy
+    merged_copy = distilsent.model.lora.merged_copy
 
     def measured_merged_copy(model):
         steps_peak_kb.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         return merged_copy(model)
 
-    distilsent.lora.merged_copy = measured_merged_copy
+    distilsent.model.lora.merged_copy = measured_merged_copy
     config = TrainConfig(**TRAIN, **FINETUNE[method])
     model, tokenizer = initial_model(str(default_model_dir()), task["labels"], seed=0)
     total = model.num_parameters()

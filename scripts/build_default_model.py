@@ -51,7 +51,7 @@ AMAZON_HELD_OUT_DOMAIN = "kitchen_&_housewares"
 # Yelp: transfer.py's held-out test rows (the last 1,000 of a default_rng(0) shuffle), binarised, select.
 YELP_STARS = {1: 0, 2: 0, 4: 1, 5: 1}  # 3 stars is neither: left out
 
-# Sampling weight of each source per epoch (see distilsent.train.epoch_pool). SST-2 at one half: the model
+# Sampling weight of each source per epoch (see distilsent.training.train.epoch_pool). SST-2 at one half: the model
 # starts from the SST-2 default and its 67k phrases would otherwise be a third of every batch.
 WEIGHTS = {"sst2": 0.5, "imdb": 1.0, "yelp": 1.0, "amazon": 1.0, "amazon_categories": 1.0, "tweets": 1.0}
 SOURCES = tuple(WEIGHTS)
@@ -61,7 +61,7 @@ FILES = ("sst2/train.tsv", "imdb/train.csv", "yelp_stars/reviews.csv", "amazon_d
 
 
 def recipe():
-    from distilsent.train import TrainConfig
+    from distilsent.training.train import TrainConfig
 
     # From a fine-tuned start a smaller step than the raw encoder's 5e-5; the weight average (EMA) is
     # evaluated beside the raw weights because single evaluations swing by a point. Reviews are cut to
@@ -105,7 +105,7 @@ class Build:
     def splits(self) -> dict:
         """{"train", "select", "imdb_report"}: lists of Examples whose ``source`` is their SOURCES name;
         also "select:<source>" for each source's selection split."""
-        from distilsent.data import Example, read_examples, split_examples
+        from distilsent.data.examples import Example, read_examples, split_examples
 
         train, select = {}, {}
         sst2 = read_examples(self.data / "sst2" / "train.tsv", source="sst2")
@@ -156,7 +156,7 @@ class Build:
 
 
 def stage_split(build: Build) -> dict:
-    from distilsent.modelcard import sha256
+    from distilsent.model.modelcard import sha256
 
     parts = build.splits()
     return {
@@ -180,8 +180,8 @@ def stage_split(build: Build) -> dict:
 
 
 def stage_train(build: Build) -> dict:
-    from distilsent.checkpoint import load_model
-    from distilsent.train import train
+    from distilsent.model.checkpoint import load_model
+    from distilsent.training.train import train
 
     config = recipe()
     parts = build.splits()
@@ -208,7 +208,7 @@ READINGS = {
 
 
 def _per_source(clf, examples) -> dict:
-    from distilsent.evaluate import evaluate
+    from distilsent.training.evaluate import evaluate
 
     result = evaluate(clf, examples)
     return {name: m["accuracy"] for name, m in result["per_source"].items()}
@@ -242,13 +242,13 @@ def stage_ship(build: Build) -> dict:
     import torch
 
     from distilsent import Classifier
-    from distilsent.calibration import card_section, fit, with_section, write_calibrated
-    from distilsent.checkpoint import load_config, load_model, save_model
-    from distilsent.data import Example, read_examples
-    from distilsent.evaluate import evaluate
-    from distilsent.long_text import Reading
-    from distilsent.modelcard import default_model_card
-    from distilsent.probe import BUILTIN, builtin_probe, run_probe, summary_markdown, update_card
+    from distilsent.data.examples import Example, read_examples
+    from distilsent.insight.probe import BUILTIN, builtin_probe, run_probe, summary_markdown, update_card
+    from distilsent.model.checkpoint import load_config, load_model, save_model
+    from distilsent.model.modelcard import default_model_card
+    from distilsent.runtime.long_text import Reading
+    from distilsent.training.calibration import card_section, fit, with_section, write_calibrated
+    from distilsent.training.evaluate import evaluate
 
     parts = build.splits()
     timings = {}
@@ -338,7 +338,7 @@ def stage_ship(build: Build) -> dict:
 
 
 def _cpu_flags() -> str:
-    from distilsent.train import cpu_flags
+    from distilsent.training.train import cpu_flags
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")))
     return "flags " + (" ".join(flags) if flags else "avx2 only, no AVX-512")

@@ -48,7 +48,7 @@ def real_vocab() -> Path:
         if candidate.is_file():
             return candidate
     try:
-        from distilsent.convert import minilm_dir
+        from distilsent.model.convert import minilm_dir
 
         return minilm_dir() / "vocab.txt"
     except ImportError:
@@ -59,10 +59,10 @@ def make_tiny_model(directory: Path, vocab: Path, seed: int = 0, **overrides) ->
     """Save a seeded random tiny classifier with the given vocabulary; returns its directory."""
     import torch
 
-    from distilsent.checkpoint import save_model
-    from distilsent.config import DistilBertConfig
-    from distilsent.model import DistilBertForSequenceClassification
-    from distilsent.tokenizer import Tokenizer
+    from distilsent.model.checkpoint import save_model
+    from distilsent.model.config import DistilBertConfig
+    from distilsent.model.distilbert import DistilBertForSequenceClassification
+    from distilsent.model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_vocab(vocab)
     config = DistilBertConfig(vocab_size=tokenizer.vocab_size, **{**TINY, **overrides})

@@ -1,7 +1,7 @@
 """distilsent: English sentiment classification with DistilBERT, exact, fast and offline."""
 
-from .classifier import Classifier
-from .config import DistilBertConfig
+import sys
+
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -12,7 +12,10 @@ from .errors import (
     QueueFullError,
     ShuttingDownError,
 )
-from .tokenizer import Tokenizer
+from .model.config import DistilBertConfig
+from .model.tokenizer import Tokenizer
+from .moved import MovedModules
+from .runtime.classifier import Classifier
 
 __version__ = "0.1.0"
 
@@ -30,3 +33,6 @@ __all__ = [
     "Tokenizer",
     "__version__",
 ]
+
+if not any(isinstance(finder, MovedModules) for finder in sys.meta_path):
+    sys.meta_path.append(MovedModules())
