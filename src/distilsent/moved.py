@@ -33,7 +33,7 @@ MOVED = {
     "onnx_graph": "runtime.onnx_graph",
     "probe": "insight.probe",
     "ray_engine": "bulk.ray_engine",
-    "service": "serving.service",
+    "service": "serving.app",
     "service_settings": "serving.settings",
     "tables": "data.tables",
     "tokenizer": "model.tokenizer",

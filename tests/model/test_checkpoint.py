@@ -160,7 +160,7 @@ def test_default_is_the_embedded_model_everywhere():
     assert Classifier.load("default").config == Classifier.load().config
     assert Classifier.load("default").name == Classifier.load().name == "distilsent-default"
     pytest.importorskip("fastapi")
-    from distilsent.serving.service import load_classifier
+    from distilsent.serving.app import load_classifier
     from distilsent.serving.settings import ServiceSettings
 
     served = load_classifier(ServiceSettings(model="default"))  # what `serve --model default` loads

@@ -22,7 +22,7 @@ from huggingface_hub.inference._generated.types import TextClassificationOutputE
 from huggingface_hub.inference._providers import get_provider_helper  # noqa: E402
 
 from distilsent import Classifier  # noqa: E402
-from distilsent.serving.service import ServiceSettings, create_app  # noqa: E402
+from distilsent.serving.app import ServiceSettings, create_app  # noqa: E402
 
 from ..conftest import ROOT  # noqa: E402
 from .test_service import Gate, uvicorn_server, with_backend  # noqa: E402

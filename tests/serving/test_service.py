@@ -21,7 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from distilsent import Classifier  # noqa: E402
-from distilsent.serving.service import ServiceSettings, create_app  # noqa: E402
+from distilsent.serving.app import ServiceSettings, create_app  # noqa: E402
 
 TEXTS = ["a great film", "awful, boring plot", "not bad", "i love this movie", "the worst", "fun !", "", "it was ok"]
 LONG = "very " * 100  # over the tiny model's 64 positions
@@ -623,11 +623,11 @@ def test_fuzzed_bodies_never_give_a_server_error(fuzz_client, route, body):
 
 
 def test_serve_verb_passes_its_options_to_the_service(monkeypatch):
-    import distilsent.serving.service as service
+    import distilsent.serving.server as server
     from distilsent.cli import main
 
     seen = {}
-    monkeypatch.setattr(service, "serve", lambda settings, **options: seen.update(settings=settings, **options))
+    monkeypatch.setattr(server, "serve", lambda settings, **options: seen.update(settings=settings, **options))
     assert main(["serve", "--model", "m", "--backend", "onnx", "--workers", "2", "--port", "9000",
                  "--max-batch-tokens", "4096", "--max-wait-ms", "2.5"]) == 0
     assert seen["settings"] == ServiceSettings(
@@ -642,7 +642,7 @@ def test_without_the_server_dependencies_the_library_imports_and_serve_says_what
         "sys.modules['fastapi'] = None\n"  # as if FastAPI were not installed
         "import distilsent\n"
         "from distilsent.cli import main\n"
-        "assert 'distilsent.serving.service' not in sys.modules\n"
+        "assert 'distilsent.serving.app' not in sys.modules\n"
         "sys.exit(main(['serve']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -848,7 +848,7 @@ def test_queued_work_is_limited_by_tokens_too(clf):
 
 
 def test_tokenizations_run_at_most_tokenize_threads_at_once(clf):
-    import distilsent.serving.service as service_module
+    import distilsent.serving.app as service_module
 
     state = {"active": 0, "peak": 0}
     release = threading.Event()
@@ -1045,7 +1045,8 @@ def uvicorn_server(app, **config):
     """``app`` on a real uvicorn (distilsent's protocol) on a free loopback port, in a thread: its URL."""
     import uvicorn
 
-    from distilsent.serving.service import GuardedHttp, listen
+    from distilsent.serving.protocol import GuardedHttp
+    from distilsent.serving.server import listen
 
     sock = listen("127.0.0.1", 0)
     header_timeout = config.pop("header_timeout", ServiceSettings().header_timeout)
@@ -1172,7 +1173,8 @@ def test_serve_with_a_model_that_cannot_load_stops_with_one_line(tiny_model_dir,
 def test_serve_trusts_forwarded_headers_only_when_asked_and_guards_the_protocol(tiny_model_dir, monkeypatch):
     import uvicorn
 
-    import distilsent.serving.service as service
+    import distilsent.serving.server as server
+    from distilsent.serving.protocol import GuardedHttp
 
     configs = []
 
@@ -1181,11 +1183,11 @@ def test_serve_trusts_forwarded_headers_only_when_asked_and_guards_the_protocol(
         sockets[0].close()
 
     monkeypatch.setattr(uvicorn.Server, "run", record_and_close)
-    service.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), max_header_bytes=4096))
-    service.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), forwarded_allow_ips="10.0.0.1"))
+    server.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), max_header_bytes=4096))
+    server.serve(ServiceSettings(model=str(tiny_model_dir), port=free_port(), forwarded_allow_ips="10.0.0.1"))
     plain, proxied = configs
     assert plain.proxy_headers is False and proxied.proxy_headers is True and proxied.forwarded_allow_ips == "10.0.0.1"
-    assert plain.http is service.GuardedHttp and plain.h11_max_incomplete_event_size == 4096
+    assert plain.http is GuardedHttp and plain.h11_max_incomplete_event_size == 4096
     assert plain.header_timeout == ServiceSettings().header_timeout
 
 

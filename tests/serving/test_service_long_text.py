@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'distilsent[serve]'")
 
 from distilsent import Classifier, long_text  # noqa: E402
-from distilsent.serving.service import split_windows  # noqa: E402
+from distilsent.serving.app import split_windows  # noqa: E402
 
 from .test_service import running  # noqa: E402
 

@@ -351,7 +351,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     options = {setting.name: getattr(args, setting.name) for setting in dataclasses.fields(ServiceSettings)}
     options["allowed_hosts"] = tuple(options["allowed_hosts"] or ())
     settings = ServiceSettings(**options)
-    from ..serving.service import serve
+    from ..serving.server import serve
 
     serve(settings, log_level=args.log_level)
 

@@ -1,0 +1,440 @@
+"""HTTP service: one model behind Hugging Face Inference API and TEI compatible routes, batched across requests.
+
+- ``POST /`` and ``POST /predict`` take ``{"inputs": str | [str], ...}`` as ``application/json``. A body
+  with ``parameters`` (or ``options``) is a Hugging Face Inference API call and is answered as the hosted
+  Inference API answers it: one list per input (a string is one input), every label sorted by score unless
+  ``top_k`` says how many (what ``huggingface_hub.InferenceClient.text_classification`` reads). A body with
+  ``raw_scores`` or ``truncate`` is a text-embeddings-inference (TEI) call and is answered as TEI does
+  (every label, best first, per text). distilsent adds ``long_text`` (truncate, head_tail, window),
+  ``window``, ``stride`` and ``aggregate`` (mean, max) to both bodies (in ``parameters``, or top-level in a
+  TEI body), and ``neutral_below`` to ``parameters``, without changing the answer's shape; without a
+  ``long_text`` (or ``serve --long-text``) an over-long text stays a 422. ``max_request_windows`` caps the
+  windows of texts read as several windows in one request (413), checked on token counts before any
+  window is built. A body with neither gets the shape its route is known for: Hugging Face on ``/``,
+  TEI on ``/predict``. A body with both is invalid. A list of strings is always a batch of texts; text
+  pairs are refused (422).
+- ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
+  ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
+  ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
+  occlusion attributions per word, what the page highlights).
+- Every error is ``{"error": message, "error_type": kind}`` (what the Hugging Face clients read): 400 Host
+  not allowed or a malformed request, 404/405 unknown route or method (405 with ``Allow``), 408 body too
+  slow, 413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without
+  truncation, 429 queue full or too many requests, 431 headers too large, 503 loading, failed or shutting
+  down (429 and 503 carry ``Retry-After``); 500 only when the backend fails on a request's texts, and only
+  for that request. A client that hangs up is logged and counted as 499, not as a server error.
+- Every answer carries ``X-Content-Type-Options: nosniff`` and, but for the static ``/docs`` assets,
+  ``Cache-Control: no-store``; ``/ui`` also a Content-Security-Policy (its own inline script and style by
+  hash, requests to this server only) and ``X-Frame-Options: DENY``.
+
+This module holds the service's state (:class:`Service`: the model, its batcher, loading and shutdown), its
+prediction path and :func:`create_app` with the routes. The prediction path maps HTTP onto the classifier's
+steps: ``encode`` or ``windows`` here (on a small thread pool for large payloads), ``plan`` and ``run_batch``
+in :class:`~distilsent.serving.batcher.Batcher`, ``scores``, ``aggregate`` and ``format`` here. The bodies are
+in :mod:`.bodies`, what a request passes first in :mod:`.admission`, the metrics, access log and common headers
+in :mod:`.metrics`, and starting a server in :mod:`.server`. Every setting and its default is in
+:class:`~distilsent.serving.settings.ServiceSettings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any, Literal
+
+from . import missing_extra
+
+try:
+    import prometheus_client
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
+    from pydantic import ValidationError
+    from starlette.exceptions import HTTPException
+except ImportError as e:
+    raise missing_extra(e) from None
+
+from .. import __version__
+from ..errors import BatcherFailure, InputError, QueueFullError, ShuttingDownError
+from ..runtime.classifier import Classifier
+from ..runtime.long_text import UNLIMITED, WindowPlan, aggregate, plan
+from .admission import Limits
+from .batcher import Batcher
+from .bodies import (
+    ERRORS,
+    ApiDocs,
+    ExplainRequest,
+    HuggingFaceRequest,
+    Parameters,
+    ServiceError,
+    TeiRequest,
+    parse_body,
+)
+from .metrics import DOCS_ASSETS, NO_STORE, NOSNIFF, AccessLog, Metrics, ResponseHeaders, error_response
+from .page import content_security_policy, explain_for_page, page
+from .settings import ServiceSettings
+
+__all__ = ["ServiceSettings", "create_app"]
+
+log = logging.getLogger("distilsent.serving.app")
+
+# Payloads this large are tokenized on the tokenizer threads so they do not hold up every other request.
+THREADED_TOKENIZE_CHARS = 16_384
+
+
+class Service:
+    """The model, its batcher and the service's state; ``app.state.service``."""
+
+    def __init__(self, settings: ServiceSettings, load: Callable[[], Classifier], metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._load = load
+        self.classifier: Classifier | None = None
+        self.batcher: Batcher | None = None
+        self.failure: str | None = None
+        self.closing = False
+        # Bounds how many tokenizations run at once: each holds a payload's encodings in memory.
+        self._tokenizers = ThreadPoolExecutor(settings.tokenize_threads, thread_name_prefix="distilsent-tokenize")
+
+    async def start(self) -> None:
+        try:
+            classifier = await asyncio.to_thread(self._load)
+        except Exception as e:  # noqa: BLE001 - any load failure is reported by /health, not a crash
+            log.error("model failed to load: %s", e)
+            self.failure = f"model failed to load: {e}"
+            return
+        self.batcher = Batcher(classifier, self.settings, on_batch=self.metrics.on_batch)
+        self.batcher.start()
+        self.metrics.admitted.set_function(lambda: self.batcher.admitted)
+        self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
+        self.classifier = classifier
+        log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self.batcher is not None:
+            await self.batcher.close(self.settings.shutdown_timeout)
+        self._tokenizers.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> Classifier:
+        if self.closing:
+            raise ServiceError(503, "unhealthy", "the server is shutting down")
+        if self.classifier is None:
+            raise ServiceError(503, "unhealthy", self.failure or "the model is loading; retry shortly")
+        if not self.batcher.alive:
+            raise ServiceError(503, "unhealthy", self.batcher.failure or "the batcher is not running")
+        return self.classifier
+
+    async def predict(self, request: Request, default: Literal["hf", "tei"]) -> Any:
+        classifier = self.ready()
+        body = parse_body(await request.body())
+        fields = body.model_fields_set - {"inputs"}
+        style = default if not fields else "hf" if isinstance(body, HuggingFaceRequest) else "tei"
+        single = isinstance(body.inputs, str)
+        texts = [body.inputs] if single else body.inputs
+        s = self.settings
+        if len(texts) > s.max_request_texts:
+            raise ServiceError(
+                413, "too_large", f"{len(texts)} texts in one request, over the limit of {s.max_request_texts}"
+            )
+        if style == "hf":
+            parameters = getattr(body, "parameters", None) or Parameters()
+            truncation, function = parameters.truncation, parameters.function_to_apply
+            reading = parameters
+        else:
+            truncation = bool(getattr(body, "truncate", None))
+            function = "none" if getattr(body, "raw_scores", None) else None
+            reading = body if isinstance(body, TeiRequest) else TeiRequest(inputs=texts)
+        served = self.default_reading(classifier)
+        strategy = reading.long_text or (None if truncation else served["long_text"])  # an asked-for cut wins
+        long_text = {"long_text": strategy, "stride": reading.stride or served["stride"],
+                     "window": reading.window or served["window"]}
+        window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
+        sequences = window_plan.sequences
+        tokens = sum(len(sequence) for sequence in sequences)
+        if tokens > s.max_queue_tokens:
+            raise ServiceError(
+                413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}"
+            )
+        logits = await self._submit(request, sequences)
+        scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
+                           reading.aggregate or served["aggregate"] or "mean")
+        if style == "tei":
+            return classifier.format(scores, style="tei", single=single)
+        # The hosted Inference API's shape: one list per input, a string being one input (single=False).
+        top_k, neutral = parameters.top_k, {}
+        if parameters.neutral_below is not None:  # abstaining is a verdict on the best label: it alone is shown
+            top_k, neutral = top_k or 1, {"neutral_below": parameters.neutral_below}
+        try:
+            return classifier.format(scores, top_k=top_k, single=False, **neutral)
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
+
+    async def _encode(
+        self, classifier: Classifier, texts: list[str], truncation: bool, long_text: dict | None
+    ) -> WindowPlan:
+        """The sequences to run: one per text as cut (or refused) by ``truncation``, or the ``long_text``
+        plan (:meth:`Classifier.windows`) when the request or the server names a strategy."""
+        for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ServiceError(
+                    422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)"
+                ) from None
+
+        def work() -> WindowPlan:
+            if long_text is None:
+                return WindowPlan.one_each(classifier.encode(texts, truncation=truncation))
+            return self._windows(classifier, texts, **long_text)
+
+        try:
+            if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._tokenizers, work)
+            return work()
+        except InputError as e:
+            if long_text is not None:
+                raise ServiceError(422, "validation", str(e)) from None
+            raise ServiceError(
+                422, "validation", f"{e}; send truncation/truncate true to cut it, or a long_text (head_tail, window)"
+            ) from None
+
+    def _windows(
+        self, classifier: Classifier, texts: list[str], long_text: str, stride: int | None, window: int | None
+    ) -> WindowPlan:
+        """:meth:`Classifier.windows`, with ``max_request_windows`` checked on the token counts before any
+        window is built: 3-token windows of a 1 MiB text are a million lists (over 500 MB) otherwise. Only
+        texts read as several windows count; one sequence per text is ``max_request_texts``' to limit."""
+        if long_text == "truncate":  # a bounded prefix of each text, never windows
+            return classifier.windows(texts, long_text=long_text)
+        ids = classifier.tokenizer.encode(texts, UNLIMITED)
+        stride, window = stride or classifier.stride, window or classifier.window
+        if long_text == "window":
+            windows = split_windows([len(i) for i in ids], classifier.max_length, stride, window)
+            limit = self.settings.max_request_windows
+            if windows > limit:
+                raise ServiceError(413, "too_large", f"{windows} windows in one request, over the limit of {limit}; "
+                                   "send fewer or shorter texts, or a larger stride")
+        return plan(ids, long_text, classifier.max_length, stride=stride, head=classifier.head, window=window)
+
+    async def _submit(self, request: Request, sequences: list[list[int]]):
+        """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
+        work = asyncio.ensure_future(self.batcher.submit(sequences))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()
+        if not work.done() or work.cancelled():
+            raise ServiceError(499, "client_closed", "the client closed the connection")
+        try:
+            return work.result()
+        except QueueFullError as e:
+            raise ServiceError(429, "overloaded", str(e)) from None
+        except (ShuttingDownError, BatcherFailure) as e:
+            raise ServiceError(503, "unhealthy", str(e)) from None
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
+        except Exception:
+            log.exception("inference failed")
+            raise ServiceError(500, "backend", "inference failed; see the server log") from None
+
+    def default_reading(self, classifier: Classifier) -> dict:
+        """The reading of requests that name none: ``serve --long-text`` with its --window/--stride/--aggregate;
+        else the model's own (its config.json) with those flags over it; else none, so that an over-long text
+        is a 422 as in the pipeline. Keys: long_text, window, stride, aggregate (None: not set)."""
+        s = self.settings
+        flags = {"long_text": s.long_text, "window": s.window, "stride": s.stride, "aggregate": s.aggregate}
+        if s.long_text is None and "reading" in classifier.config.distilsent:
+            own = classifier.reading.options()  # loaded without a long_text: the model's own
+            return {**{k: own[k] for k in flags}, **{k: v for k, v in flags.items() if v is not None}}
+        return flags
+
+    def info(self) -> dict:
+        classifier = self.ready()
+        s = self.settings
+        served = self.default_reading(classifier)
+        return {
+            "model_id": classifier.name,
+            "model_type": "distilbert",
+            "labels": classifier.labels,
+            "max_input_length": classifier.max_length,
+            "backend": getattr(classifier.backend, "name", s.backend or "unknown"),
+            "version": __version__,
+            "max_batch_tokens": s.max_batch_tokens,
+            "max_batch_size": s.max_batch_size,
+            "max_wait_ms": s.max_wait_ms,
+            "max_queue_texts": s.max_queue_texts,
+            "max_queue_tokens": s.max_queue_tokens,
+            "max_client_batch_size": s.max_request_texts,
+            "long_text": served["long_text"],
+            "window": served["window"],
+            "aggregate": served["aggregate"],
+            "max_request_windows": s.max_request_windows,
+            "max_concurrent_requests": s.max_concurrent_requests,
+            "max_body_bytes": s.max_body_bytes,
+        }
+
+
+def split_windows(lengths: list[int], max_length: int, stride: int | None, window: int | None) -> int:
+    """How many windows :func:`distilsent.runtime.long_text.plan` makes of the texts with these token counts
+    (``[CLS]`` and ``[SEP]`` included) that it splits into more than one, counted without building them."""
+    width = min(window or max_length, max_length) - 2
+    step = stride if stride is not None else width // 2
+    if not 1 <= step <= width:
+        return 0  # plan() refuses these settings with its own message
+    total = 0
+    for length in lengths:
+        content = length - 2
+        if content > width:
+            starts = (content - width) // step + 1
+            total += starts + ((starts - 1) * step + width < content)  # the last window, aligned to the end
+    return total
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read: nothing else can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def create_app(settings: ServiceSettings | None = None, load: Callable[[], Classifier] | None = None) -> FastAPI:
+    """The ASGI app. ``load`` returns the classifier (default: ``Classifier.load`` of ``settings``);
+    it runs on a thread after start-up, and until it returns the model routes answer 503."""
+    settings = settings or ServiceSettings()
+    if load is None:
+        def load() -> Classifier:
+            return load_classifier(settings)
+
+    metrics = Metrics()
+    service = Service(settings, load, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loading = asyncio.create_task(service.start())
+        try:
+            yield
+        finally:
+            # uvicorn has already stopped accepting and waited for in-flight requests; finish whatever
+            # the batcher still holds, within the shutdown timeout, before the process goes away.
+            if not loading.done():
+                loading.cancel()
+            await service.stop()
+
+    app = FastAPIOffline(
+        title="distilsent",
+        version=__version__,
+        description="English sentiment classification; Hugging Face Inference API and TEI compatible.",
+        lifespan=lifespan,
+        redoc_url=None,
+        static_url=DOCS_ASSETS,
+    )
+    app.state.service = service
+    _answer_errors(app, metrics)
+    _add_routes(app, service, metrics)
+    # The last added is outermost: the access log sees every response, including the limits' 4xx, and
+    # every response gets the common headers.
+    app.add_middleware(Limits, settings=settings, metrics=metrics)
+    app.add_middleware(AccessLog, metrics=metrics)
+    app.add_middleware(ResponseHeaders)
+    return app
+
+
+def _answer_errors(app: FastAPI, metrics: Metrics) -> None:
+    """Every error as the service's JSON error, counted in the metrics."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, e: ServiceError) -> JSONResponse:
+        return error_response(metrics, e.status, e.error_type, str(e))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        kind = HTTPStatus(e.status_code).phrase.lower().replace(" ", "_")  # not_found, method_not_allowed
+        response = error_response(metrics, e.status_code, kind, str(e.detail))
+        response.headers.update(e.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        # A bug, not the client's fault: still JSON, and the server goes on (uvicorn logs the traceback).
+        # Starlette answers it outside every middleware, ResponseHeaders included: the headers go here.
+        response = error_response(metrics, 500, "internal", "internal server error")
+        response.headers.update(dict((NOSNIFF, NO_STORE)))
+        return response
+
+
+def _add_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
+    # The routes read their bodies themselves (the limits come first), so their schemas are given here.
+    docs = ApiDocs()
+
+    @app.post("/", **docs.predict("hf"))
+    async def predict_hf(request: Request) -> Any:
+        """Classify; Hugging Face Inference API shapes unless the body has TEI fields."""
+        return JSONResponse(await service.predict(request, "hf"))
+
+    @app.post("/predict", **docs.predict("tei"))
+    async def predict_tei(request: Request) -> Any:
+        """Classify; TEI shapes unless the body has Hugging Face fields."""
+        return JSONResponse(await service.predict(request, "tei"))
+
+    probe_errors = {503: ERRORS[503], 400: ERRORS[400]}
+
+    @app.get("/health", responses=probe_errors)
+    async def health() -> dict:
+        service.ready()
+        return {"status": "ok"}
+
+    @app.get("/info", responses=probe_errors)
+    async def info() -> dict:
+        return service.info()
+
+    @app.get("/ui", include_in_schema=False)
+    async def ui_page() -> Response:
+        """A page to try the model in a browser (self-contained: works offline)."""
+        # Only its own script and style run, it talks to this server alone, and no other site may frame it.
+        headers = {"Content-Security-Policy": content_security_policy(), "X-Frame-Options": "DENY"}
+        return Response(page(), media_type="text/html; charset=utf-8", headers=headers)
+
+    @app.post("/explain", **docs.explain())
+    async def explain(request: Request) -> Any:
+        """Occlusion attributions of each word of one text toward its predicted label (what /ui highlights)."""
+        classifier = service.ready()
+        try:
+            body = ExplainRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            message = "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])
+            raise ServiceError(422, "validation", message) from None
+        try:
+            return JSONResponse(await asyncio.to_thread(explain_for_page, classifier, body.inputs))
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {prometheus_client.CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                         "description": "Prometheus text exposition format"}},
+    )
+    async def prometheus() -> Response:
+        exposition = prometheus_client.generate_latest(metrics.registry)
+        return Response(exposition, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(docs.definitions)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
+def load_classifier(settings: ServiceSettings) -> Classifier:
+    backend = {} if settings.backend is None else {"backend": settings.backend}
+    return Classifier.load(settings.model, threads=settings.threads, **backend)
