@@ -192,7 +192,7 @@ def test_tei_body_answers_in_tei_shapes(clf):
 def test_health_info_metrics_and_docs(clf):
     async def main():
         async with running(lambda: clf) as client:
-            assert (await client.get("/health")).json() == {"status": "ok"}
+            assert (await client.get("/health")).json() == {"status": "ok", "batcher_restarts": 0}
             info = (await client.get("/info")).json()
             assert info["labels"] == clf.labels and info["max_input_length"] == clf.max_length == 64
             assert info["backend"] == clf.backend.name and info["model_id"] == clf.name and info["version"]
@@ -736,7 +736,7 @@ def test_a_failure_outside_the_batches_fails_its_requests_with_503_and_the_worke
     run(main())
 
 
-def test_a_dead_worker_fails_waiting_requests_and_health_says_503(clf):
+def test_a_dead_worker_fails_the_requests_in_its_hands_and_is_restarted(clf):
     gate = Gate(clf.backend)
 
     async def main():
@@ -747,8 +747,10 @@ def test_a_dead_worker_fails_waiting_requests_and_health_says_503(clf):
                 await wait_admitted(client, 1)
                 while batcher._jobs:  # until its text is on the inference thread
                     await asyncio.sleep(0.01)
+                take = batcher._take
 
                 def broken_take():
+                    batcher._take = take  # a bug that strikes once
                     raise RuntimeError("batcher bug")
 
                 batcher._take = broken_take  # the worker dies on its next round
@@ -756,12 +758,62 @@ def test_a_dead_worker_fails_waiting_requests_and_health_says_503(clf):
                 await wait_admitted(client, 2)
             finally:
                 gate.opened.set()
-            assert (await first).status_code == 200
-            assert_error(await asyncio.wait_for(second, 30), 503, "unhealthy")
+            assert (await first).status_code == 200  # its batch was on the thread: it ends as it would have
+            response = await asyncio.wait_for(second, 30)
+            assert_error(response, 503, "unhealthy")
+            assert "batcher bug" in response.json()["error"] and response.headers["retry-after"]
             health = await client.get("/health")
-            assert_error(health, 503, "unhealthy")
-            assert "batcher bug" in health.json()["error"]
-            assert_error(await client.post("/", json={"inputs": "fun"}), 503, "unhealthy")
+            assert health.status_code == 200 and health.json()["batcher_restarts"] == 1
+            assert_close((await client.post("/", json={"inputs": "fun"})).json(), hosted(clf, "fun"))
+            assert "distilsent_batcher_restarts 1.0" in (await client.get("/metrics")).text
+
+    run(main())
+
+
+def test_a_killed_worker_is_restarted_and_the_next_request_is_answered(clf, caplog):
+    gate = Gate(clf.backend)
+
+    async def main():
+        async with running(lambda: with_backend(clf, gate)) as client:
+            batcher = client.app.state.service.batcher
+            try:
+                held = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
+                await wait_admitted(client, 1)
+                while batcher._jobs:  # until its text is on the inference thread
+                    await asyncio.sleep(0.01)
+                batcher._worker.cancel()  # killed while a round is in its hands
+                response = await asyncio.wait_for(held, 30)
+                assert_error(response, 503, "unhealthy")
+                assert response.headers["retry-after"]
+            finally:
+                gate.opened.set()
+            await wait_ready(client)
+            assert (await client.get("/health")).json() == {"status": "ok", "batcher_restarts": 1}
+            assert_close((await client.post("/", json={"inputs": "dull"})).json(), hosted(clf, "dull"))
+            assert batcher.admitted == 0
+
+    with caplog.at_level(logging.ERROR, logger="distilsent.serving.batcher"):
+        run(main())
+    assert any("the batcher was stopped; restarting it" in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            batcher = client.app.state.service.batcher
+
+            def broken_take():
+                raise RuntimeError("batcher bug")
+
+            batcher._take = broken_take
+            delays = []
+            for _ in range(4):
+                restarts = batcher.restarts
+                assert_error(await client.post("/", json={"inputs": "fun"}), 503, "unhealthy")
+                while batcher.restarts == restarts or not batcher.alive:
+                    await asyncio.sleep(0.01)
+                delays.append(batcher._restart_delay)
+            assert delays[0] == 0 and delays[1] <= 0.1 and delays[1] < delays[2] < delays[3] <= 5
 
     run(main())
 

@@ -13,7 +13,8 @@
   window is built. A body with neither gets the shape its route is known for: Hugging Face on ``/``,
   TEI on ``/predict``. A body with both is invalid. A list of strings is always a batch of texts; text
   pairs are refused (422).
-- ``GET /health`` (200 once the model is loaded and the batcher runs, 503 otherwise), ``GET /info``,
+- ``GET /health`` (200 with ``{"status": "ok", "batcher_restarts": n}`` once the model is loaded and the
+  batcher runs, 503 otherwise; n counts batcher workers restarted after one died), ``GET /info``,
   ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
   ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
   occlusion attributions per word, what the page highlights).
@@ -111,6 +112,7 @@ class Service:
         self.batcher.start()
         self.metrics.admitted.set_function(lambda: self.batcher.admitted)
         self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
+        self.metrics.batcher_restarts.set_function(lambda: self.batcher.restarts)
         self.classifier = classifier
         log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
 
@@ -389,7 +391,7 @@ def _add_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
     @app.get("/health", responses=probe_errors)
     async def health() -> dict:
         service.ready()
-        return {"status": "ok"}
+        return {"status": "ok", "batcher_restarts": service.batcher.restarts}
 
     @app.get("/info", responses=probe_errors)
     async def info() -> dict:

@@ -14,8 +14,11 @@ Admission is bounded by texts and by tokens (``max_queue_texts``, ``max_queue_to
 
 Nothing can strand a request: a request whose caller goes away leaves the queue at once; a batch that
 fails fails only the requests whose texts make it fail; anything else that goes wrong in a round fails
-that round's requests with :class:`BatcherFailure` and the worker goes on; if the worker itself ends,
-every waiting request fails and :attr:`Batcher.alive` turns false (the service's ``/health`` says 503).
+that round's requests with :class:`BatcherFailure` and the worker goes on; if the worker itself ends
+(a bug outside any round, or killed), every request in its hands fails with :class:`BatcherFailure`, the
+reason is logged and a new worker starts (:attr:`Batcher.restarts` counts them; the service's ``/health``
+reports it). A worker that keeps dying at once is restarted after a growing delay, up to 5 s, during
+which :attr:`Batcher.alive` is false.
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ log = logging.getLogger("distilsent.serving.batcher")
 # one word): with 2 batches per round run longest first the word took 6.0 s (the big request 9.8 s);
 # with 1, shortest first, 1.2 s (the big request 11.9 s, on a busy machine).
 ROUND_BATCHES = 1
+
+# A worker that dies within this many seconds of starting is restarted after a delay that doubles each
+# time (0.1 s up to RESTART_DELAY_MAX_S), so a fault that recurs at once costs a log line per delay, not a busy
+# loop; the first restart, and any after a worker that lived longer, are immediate.
+QUICK_DEATH_S = 1.0
+RESTART_DELAY_MAX_S = 5.0
 
 # texts in the batch, padded tokens, seconds each text waited in the queue, seconds of inference
 BatchObserver = Callable[[int, int, Sequence[float], float], None]
@@ -79,9 +88,17 @@ class Batcher:
         self._closing = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distilsent-inference")
         self._worker: asyncio.Task | None = None
-        self.failure: str | None = None  # why the worker ended, when it did
+        self._started = 0.0  # when the current worker started
+        self._restart_delay = 0.0
+        self._restart: asyncio.Handle | None = None
+        self.restarts = 0  # workers started after one ended unasked
+        self.failure: str | None = None  # why the last worker ended unasked
 
     def start(self) -> None:
+        self._restart = None
+        if self._closing:
+            return
+        self._started = time.perf_counter()
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="distilsent-batcher")
         self._worker.add_done_callback(self._worker_ended)
 
@@ -143,6 +160,8 @@ class Batcher:
         whatever is left with :class:`ShuttingDownError` and stop the worker."""
         self._closing = True
         self._wakeup.set()
+        if self._restart is not None:
+            self._restart.cancel()
         if self._worker is not None and not self._worker.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
@@ -160,13 +179,23 @@ class Batcher:
             reason = "the batcher was stopped"
         elif worker.exception() is not None:
             reason = f"the batcher failed: {worker.exception()!r}"
-            log.error("%s", reason, exc_info=worker.exception())
         else:
             return  # closed cleanly: nothing is left
-        self.failure = reason
         error = ShuttingDownError("the server is shutting down") if self._closing else BatcherFailure(reason)
         for job in list(self._jobs):
             self._fail(job, error)
+        if self._closing:
+            return
+        self.failure = reason
+        quick = time.perf_counter() - self._started < QUICK_DEATH_S
+        if quick and self.restarts:
+            self._restart_delay = min(max(2 * self._restart_delay, 0.1), RESTART_DELAY_MAX_S)
+        else:
+            self._restart_delay = 0.0
+        self.restarts += 1
+        log.error("%s; restarting it in %.1f s (restart %d)", reason, self._restart_delay, self.restarts,
+                  exc_info=None if worker.cancelled() else worker.exception())
+        self._restart = asyncio.get_running_loop().call_later(self._restart_delay, self.start)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,7 +212,8 @@ class Batcher:
                 await loop.run_in_executor(self._executor, self._compute, taken, loop)
             except BaseException as error:  # outside any one batch (planning, the thread): the server's fault
                 if isinstance(error, asyncio.CancelledError):
-                    failure: Exception = ShuttingDownError("the server is shutting down")
+                    failure: Exception = (ShuttingDownError("the server is shutting down") if self._closing
+                                          else BatcherFailure("the batcher was stopped"))
                 else:
                     log.exception("a round of batches failed")
                     failure = BatcherFailure(f"inference failed: {error!r}")

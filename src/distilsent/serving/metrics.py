@@ -58,6 +58,9 @@ class Metrics:
         )
         self.admitted = Gauge("distilsent_admitted_texts", "Texts queued or being computed", registry=r)
         self.admitted_tokens = Gauge("distilsent_admitted_tokens", "Tokens queued or being computed", registry=r)
+        self.batcher_restarts = Gauge(
+            "distilsent_batcher_restarts", "Batcher workers started after one ended unasked", registry=r
+        )
 
     def on_batch(self, texts: int, tokens: int, waits, seconds: float) -> None:
         self.texts.inc(texts)
