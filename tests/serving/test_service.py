@@ -23,7 +23,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from distilsent import Classifier  # noqa: E402
 from distilsent.serving.app import ServiceSettings, create_app  # noqa: E402
 
-TEXTS = ["a great film", "awful, boring plot", "not bad", "i love this movie", "the worst", "fun !", "", "it was ok"]
+TEXTS = ["a great film", "awful, boring plot", "not bad", "i love this movie", "the worst", "fun !", "meh", "it was ok"]
 LONG = "very " * 100  # over the tiny model's 64 positions
 
 
@@ -269,6 +269,24 @@ def test_invalid_bodies_are_422(clf):
                     assert_error(response, 422, "validation")
             # still serving
             assert (await client.post("/", json={"inputs": "fun"})).status_code == 200
+
+    run(main())
+
+
+def test_an_empty_text_is_422_naming_it_not_a_label(clf):
+    async def main():
+        async with running(lambda: clf) as client:
+            for route, body, where in [
+                ("/", {"inputs": ""}, "inputs"),
+                ("/predict", {"inputs": " \n\t"}, "inputs"),
+                ("/", {"inputs": ["fun", "dull", "  "], "parameters": {}}, "inputs[2]"),
+                ("/predict", {"inputs": ["", "fun", "\u3000"], "truncate": True}, "inputs[0], inputs[2]"),
+            ]:
+                response = await client.post(route, json=body)
+                assert_error(response, 422, "validation")
+                assert response.json()["error"] == f"{where}: the text is empty"
+            assert clf("")[0]["label"] in clf.labels  # the library keeps the pipeline's answer
+            assert (await client.post("/", json={"inputs": []})).json() == []  # no texts is not an empty text
 
     run(main())
 

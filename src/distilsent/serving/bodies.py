@@ -132,9 +132,10 @@ class ServiceError(Exception):
 
 
 def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
-    """The body as one of the two APIs; any malformed JSON (invalid UTF-8, too deep, ...) is a 422."""
+    """The body as one of the two APIs; any malformed JSON (invalid UTF-8, too deep, ...) is a 422, and so
+    is an empty or whitespace-only text: it has nothing to classify, and its label would be the bias's."""
     try:
-        return PredictRequest.validate_json(raw)
+        body = PredictRequest.validate_json(raw)
     except ValidationError as e:
         errors = e.errors(include_url=False)
         if errors[0]["type"] == "json_invalid":
@@ -153,6 +154,12 @@ def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
             problems.append(f"{'.'.join(str(w) for w in where) or 'body'}: {problem['msg']} ({api} body)")
         unique = list(dict.fromkeys(problems))
         raise ServiceError(422, "validation", "; ".join(unique) or "invalid request body") from None
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        where = "inputs" if isinstance(body.inputs, str) else ", ".join(f"inputs[{i}]" for i in empty[:6])
+        raise ServiceError(422, "validation", f"{where}: the text is empty")
+    return body
 
 
 def _is_text_pair(problem: dict) -> bool:
