@@ -12,6 +12,10 @@ from .metrics import Metrics, error_response
 from .settings import ServiceSettings
 
 BODY_ROUTES = ("/", "/predict", "/explain")  # the POST routes that read a body; others answer 404/405 unread
+# A body over the limit is still read, into nothing, up to this many bytes (within --body-timeout), before its
+# 413 is sent: closing a connection whose client is still sending resets it, and the client never reads why.
+# A body declared larger than this is answered at once (its client may then see a reset instead).
+DRAIN_BYTES = 16 << 20
 
 
 def _header(scope, name: bytes) -> bytes | None:
@@ -26,8 +30,9 @@ class Limits:
 
     Every request: its ``Host`` must be allowed (DNS rebinding). A POST to a route that reads a body
     (:data:`BODY_ROUTES`): its body must be JSON (415; a page on another site can post forms and text to a
-    local server without asking, but not JSON), at most ``max_body_bytes`` (413 from ``Content-Length`` at
-    once, else while reading), and fully received within ``body_timeout`` (408). Only then is it counted
+    local server without asking, but not JSON), at most ``max_body_bytes`` (413, once the client has sent
+    it all, up to :data:`DRAIN_BYTES`; at once when ``Content-Length`` says it will be over that, or when the
+    client waits for ``100 Continue``), and fully received within ``body_timeout`` (408). Only then is it counted
     against ``max_concurrent_requests`` (429): clients trickling their bodies hold no slot. A request cut
     off by the server's shutdown deadline gets a JSON 503 instead of uvicorn's bare 500.
     """
@@ -59,31 +64,17 @@ class Limits:
             return await self.reject(415, "unsupported_media_type", message, close=True)(scope, receive, send)
         too_large = f"request body over the limit of {s.max_body_bytes} bytes"
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > s.max_body_bytes:
+        size = int(declared) if declared is not None and declared.isdigit() else 0
+        waits = (_header(scope, b"expect") or b"").lower() == b"100-continue"  # reading would ask for the body
+        if size > s.max_body_bytes and (size > DRAIN_BYTES or waits):
             return await self.reject(413, "too_large", too_large, close=True)(scope, receive, send)
-
-        body = bytearray()
-
-        async def read() -> bool:
-            """The whole body into ``body``; False if the client hung up or sent too much."""
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return False
-                body.extend(message.get("body", b""))
-                if len(body) > s.max_body_bytes:
-                    return False
-                if not message.get("more_body", False):
-                    return True
-
-        try:
-            complete = await asyncio.wait_for(read(), s.body_timeout)
-        except asyncio.TimeoutError:
+        outcome, body = await self._read(receive)
+        if outcome == "late":
             message = f"request body not received within {s.body_timeout:g} s"
             return await self.reject(408, "timeout", message, close=True)(scope, receive, send)
-        if not complete:
-            if len(body) > s.max_body_bytes:
-                return await self.reject(413, "too_large", too_large, close=True)(scope, receive, send)
+        if outcome == "too_large":
+            return await self.reject(413, "too_large", too_large, close=True)(scope, receive, send)
+        if outcome == "gone":
             return  # the client hung up: nobody to answer (the access log records 499)
         if self.active >= s.max_concurrent_requests:
             message = f"too many concurrent requests (limit {s.max_concurrent_requests}); retry later"
@@ -96,7 +87,7 @@ class Limits:
             if replayed:
                 return await receive()  # after the body only a disconnect can come
             replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
 
         started = False
 
@@ -116,3 +107,36 @@ class Limits:
             await self.reject(503, "unhealthy", message, close=True)(scope, receive, send)
         finally:
             self.active -= 1
+
+    async def _read(self, receive) -> tuple[str, bytes]:
+        """The body, within ``body_timeout``: ``("complete", body)``; ``("too_large", b"")`` once it is over
+        ``max_body_bytes`` and has ended, or reached :data:`DRAIN_BYTES` or the deadline (what arrives past
+        the limit is counted, not kept); ``("late", b"")`` past the deadline; ``("gone", b"")`` if the client
+        hung up."""
+        s = self.settings
+        body = bytearray()
+        received = 0
+
+        async def read() -> bool:
+            """False if the client hung up."""
+            nonlocal received
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return False
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received <= s.max_body_bytes:
+                    body.extend(chunk)
+                elif body:
+                    body.clear()
+                if not message.get("more_body", False) or received > DRAIN_BYTES:
+                    return True
+
+        try:
+            ended = await asyncio.wait_for(read(), s.body_timeout)
+        except asyncio.TimeoutError:
+            return ("too_large" if received > s.max_body_bytes else "late"), b""
+        if not ended:
+            return "gone", b""
+        return ("too_large", b"") if received > s.max_body_bytes else ("complete", bytes(body))
