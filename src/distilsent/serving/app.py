@@ -17,7 +17,8 @@
   batcher runs, 503 otherwise; n counts batcher workers restarted after one died), ``GET /info``,
   ``GET /metrics`` (Prometheus text), ``/docs`` (served from the installed package, no network) and
   ``/openapi.json``; ``GET /ui``, a page to try the model, and ``POST /explain`` (``{"inputs": text}``:
-  occlusion attributions per word, what the page highlights).
+  occlusion attributions per word, what the page highlights; admitted apart from predictions, with limits,
+  a deadline and metrics of its own: see :mod:`.explanations`).
 - Every error is ``{"error": message, "error_type": kind}`` (what the Hugging Face clients read): 400 Host
   not allowed or a malformed request, 404/405 unknown route or method (405 with ``Allow``), 408 body too
   slow, 413 body or batch over the limits, 415 not JSON, 422 invalid body or text too long without
@@ -33,7 +34,8 @@ prediction path and :func:`create_app` with the routes. The prediction path maps
 steps: ``encode`` or ``windows`` here (on a small thread pool for large payloads), ``plan`` and ``run_batch``
 in :class:`~distilsent.serving.batcher.Batcher`, ``scores``, ``aggregate`` and ``format`` here. The bodies are
 in :mod:`.bodies`, what a request passes first in :mod:`.admission`, the metrics, access log and common headers
-in :mod:`.metrics`, and starting a server in :mod:`.server`. Every setting and its default is in
+in :mod:`.metrics`, ``/explain``'s admission and computation in :mod:`.explanations`, and starting a server in
+:mod:`.server`. Every setting and its default is in
 :class:`~distilsent.serving.settings.ServiceSettings`.
 """
 
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -75,8 +77,9 @@ from .bodies import (
     TeiRequest,
     parse_body,
 )
+from .explanations import Explanations
 from .metrics import DOCS_ASSETS, NO_STORE, NOSNIFF, AccessLog, Metrics, ResponseHeaders, error_response
-from .page import content_security_policy, explain_for_page, page
+from .page import content_security_policy, page
 from .settings import ServiceSettings
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -96,6 +99,7 @@ class Service:
         self._load = load
         self.classifier: Classifier | None = None
         self.batcher: Batcher | None = None
+        self.explanations: Explanations | None = None
         self.failure: str | None = None
         self.closing = False
         # Bounds how many tokenizations run at once: each holds a payload's encodings in memory.
@@ -113,6 +117,7 @@ class Service:
         self.metrics.admitted.set_function(lambda: self.batcher.admitted)
         self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
         self.metrics.batcher_restarts.set_function(lambda: self.batcher.restarts)
+        self.explanations = Explanations(classifier, self.settings, self.metrics, self._offload)
         self.classifier = classifier
         log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
 
@@ -120,7 +125,13 @@ class Service:
         self.closing = True
         if self.batcher is not None:
             await self.batcher.close(self.settings.shutdown_timeout)
+        if self.explanations is not None:
+            self.explanations.close()
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
+
+    def _offload(self, function: Callable, *args) -> Awaitable:
+        """``function(*args)`` on a tokenizer thread: at most ``tokenize_threads`` such payloads at once."""
+        return asyncio.get_running_loop().run_in_executor(self._tokenizers, function, *args)
 
     def ready(self) -> Classifier:
         if self.closing:
@@ -196,8 +207,7 @@ class Service:
 
         try:
             if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._tokenizers, work)
+                return await self._offload(work)
             return work()
         except InputError as e:
             if long_text is not None:
@@ -226,27 +236,29 @@ class Service:
 
     async def _submit(self, request: Request, sequences: list[list[int]]):
         """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
-        work = asyncio.ensure_future(self.batcher.submit(sequences))
-        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (work, gone):
-                if not task.done():
-                    task.cancel()
-        if not work.done() or work.cancelled():
-            raise ServiceError(499, "client_closed", "the client closed the connection")
-        try:
-            return work.result()
+            return await unless_gone(request, self.batcher.submit(sequences))
         except QueueFullError as e:
             raise ServiceError(429, "overloaded", str(e)) from None
         except (ShuttingDownError, BatcherFailure) as e:
             raise ServiceError(503, "unhealthy", str(e)) from None
         except InputError as e:
             raise ServiceError(422, "validation", str(e)) from None
+        except ServiceError:
+            raise
         except Exception:
             log.exception("inference failed")
             raise ServiceError(500, "backend", "inference failed; see the server log") from None
+
+    async def explain(self, request: Request) -> dict:
+        """``POST /explain``: the body checked here, the rest by :class:`Explanations`, while the client waits."""
+        self.ready()
+        try:
+            body = ExplainRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            message = "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])
+            raise ServiceError(422, "validation", message) from None
+        return await unless_gone(request, self.explanations.explain(body.inputs))
 
     def default_reading(self, classifier: Classifier) -> dict:
         """The reading of requests that name none: ``serve --long-text`` with its --window/--stride/--aggregate;
@@ -282,6 +294,9 @@ class Service:
             "max_request_windows": s.max_request_windows,
             "max_concurrent_requests": s.max_concurrent_requests,
             "max_body_bytes": s.max_body_bytes,
+            "max_concurrent_explains": s.max_concurrent_explains,
+            "max_explain_work": s.max_explain_work,
+            "explain_timeout": s.explain_timeout,
         }
 
 
@@ -299,6 +314,24 @@ def split_windows(lengths: list[int], max_length: int, stride: int | None, windo
             starts = (content - width) // step + 1
             total += starts + ((starts - 1) * step + width < content)  # the last window, aligned to the end
     return total
+
+
+async def unless_gone(request: Request, work: Awaitable):
+    """The result of ``work``, unless the client hangs up first: then ``work`` is cancelled, and has let go of
+    what it held, before the request ends as a 499 (logged, counted; nobody reads it)."""
+    work = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        pending = {task for task in (work, gone) if not task.done()}
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+    if work.cancelled():
+        raise ServiceError(499, "client_closed", "the client closed the connection")
+    return work.result()
 
 
 async def _disconnected(request: Request) -> None:
@@ -407,16 +440,7 @@ def _add_routes(app: FastAPI, service: Service, metrics: Metrics) -> None:
     @app.post("/explain", **docs.explain())
     async def explain(request: Request) -> Any:
         """Occlusion attributions of each word of one text toward its predicted label (what /ui highlights)."""
-        classifier = service.ready()
-        try:
-            body = ExplainRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            message = "; ".join(p["msg"] for p in e.errors(include_input=False)[:3])
-            raise ServiceError(422, "validation", message) from None
-        try:
-            return JSONResponse(await asyncio.to_thread(explain_for_page, classifier, body.inputs))
-        except InputError as e:
-            raise ServiceError(422, "validation", str(e)) from None
+        return JSONResponse(await service.explain(request))
 
     @app.get(
         "/metrics",

@@ -179,12 +179,12 @@ def _is_text_pair(problem: dict) -> bool:
 ERROR_STATUSES = {
     400: "Host header not allowed",
     408: "body not received in time",
-    413: "body, texts or tokens over the limits",
+    413: "body, texts, tokens or an explanation's work over the limits",
     415: "body not sent as application/json",
     422: "invalid body, or a text too long without truncation",
-    429: "queue full or too many concurrent requests (Retry-After)",
+    429: "queue full (predictions or explanations) or too many concurrent requests (Retry-After)",
     500: "the backend failed on this request's texts",
-    503: "loading, failed, or shutting down (Retry-After)",
+    503: "loading, failed, shutting down, or an explanation past its deadline (Retry-After)",
 }
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in ERROR_STATUSES.items()}
 EXAMPLES = {

@@ -58,6 +58,19 @@ class Metrics:
         )
         self.admitted = Gauge("distilsent_admitted_texts", "Texts queued or being computed", registry=r)
         self.admitted_tokens = Gauge("distilsent_admitted_tokens", "Tokens queued or being computed", registry=r)
+        self.explains = Counter(
+            "distilsent_explains", "Explanations by outcome: ok, overloaded (429), too_large (413), timeout (503), "
+            "cancelled (the client hung up), failed", ["outcome"], registry=r,
+        )
+        self.explain_seconds = Histogram(
+            "distilsent_explain_seconds", "Time from an explanation's admission to its end",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60), registry=r,
+        )
+        self.explain_work = Gauge(
+            "distilsent_explain_work", "Tokens x occlusions of the explanations admitted (waiting or computing)",
+            registry=r,
+        )
+        self.explains_computing = Gauge("distilsent_explains_computing", "Explanations computing now", registry=r)
         self.batcher_restarts = Gauge(
             "distilsent_batcher_restarts", "Batcher workers started after one ended unasked", registry=r
         )

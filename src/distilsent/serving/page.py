@@ -11,13 +11,6 @@ import re
 from functools import cache
 from importlib.resources import files
 
-from ..errors import InputError
-from ..insight.explain import occlusion, split_words
-
-# Occlusion costs one classification per word: a page request is capped so one visitor cannot queue
-# thousands of texts; the library function itself has no cap.
-MAX_EXPLAIN_WORDS = 256
-
 
 @cache
 def page() -> str:
@@ -36,10 +29,3 @@ def content_security_policy() -> str:
         digests[tag] = f"'sha256-{digest}'"
     return (f"default-src 'none'; script-src {digests['script']}; style-src {digests['style']}; "
             "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
-def explain_for_page(classifier, text) -> dict:
-    """Occlusion attributions of ``text`` as JSON for the page (words, attributions, spans, prediction)."""
-    if isinstance(text, str) and len(split_words(text)) > MAX_EXPLAIN_WORDS:
-        raise InputError(f"explain takes texts of at most {MAX_EXPLAIN_WORDS} words")
-    return occlusion(classifier, text).to_dict()

@@ -59,6 +59,18 @@ class ServiceSettings:
     max_concurrent_requests: int = option(512, "requests whose body is in and that are being served, before 429")
     max_body_bytes: int = option(1 << 20, "request body size before 413")
     tokenize_threads: int = option(1, "threads that tokenize large requests (at most this many at once)")
+    # Explanations (POST /explain): occlusion classifies a text once more per word, so a 256-word text is the
+    # work of hundreds of requests; they are admitted apart, their work counted in tokens x occlusions.
+    max_concurrent_explains: int = option(
+        1, "explanations computed at once, each on a thread of its own beside the batcher's"
+    )
+    max_explain_work: int = option(
+        262144, "tokens x occlusions of the explanations admitted (waiting or computing) before /explain gets 429; "
+        "a 256-word text of 258 tokens is 66,306; one over the limit on its own gets 413"
+    )
+    # Under the 60 s a client is commonly let wait, with room for a 256-word text on 2 busy cores (25-40 s).
+    explain_timeout: float = option(45.0, "seconds an explanation may wait and compute before 503; one that would "
+                                    "not finish in time at the current pace gets 429 at once")
     # Connections
     body_timeout: float = option(10.0, "seconds to receive a request body before 408")
     header_timeout: float = option(10.0, "seconds to receive a request's headers before the connection is closed")
@@ -79,7 +91,7 @@ class ServiceSettings:
             if f.name.startswith(("max_", "tokenize_", "workers")) and f.name != "max_wait_ms"
         ]
         bad = [name for name in positive if not getattr(self, name) > 0]
-        timeouts = ("body_timeout", "header_timeout", "keep_alive_timeout")
+        timeouts = ("body_timeout", "header_timeout", "keep_alive_timeout", "explain_timeout")
         bad += [name for name in timeouts if not getattr(self, name) > 0]
         if self.threads is not None and self.threads < 1:
             bad.append("threads")
