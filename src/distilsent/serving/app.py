@@ -78,6 +78,7 @@ from .bodies import (
     parse_body,
 )
 from .explanations import Explanations
+from .memory import MemoryRelease, malloc_trim
 from .metrics import DOCS_ASSETS, NO_STORE, NOSNIFF, AccessLog, Metrics, ResponseHeaders, error_response
 from .page import content_security_policy, page
 from .settings import ServiceSettings
@@ -102,6 +103,7 @@ class Service:
         self.explanations: Explanations | None = None
         self.failure: str | None = None
         self.closing = False
+        self.memory = MemoryRelease(malloc_trim())
         # Bounds how many tokenizations run at once: each holds a payload's encodings in memory.
         self._tokenizers = ThreadPoolExecutor(settings.tokenize_threads, thread_name_prefix="distilsent-tokenize")
 
@@ -112,12 +114,13 @@ class Service:
             log.error("model failed to load: %s", e)
             self.failure = f"model failed to load: {e}"
             return
-        self.batcher = Batcher(classifier, self.settings, on_batch=self.metrics.on_batch)
+        self.batcher = Batcher(classifier, self.settings, on_batch=self._on_batch)
         self.batcher.start()
         self.metrics.admitted.set_function(lambda: self.batcher.admitted)
         self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
         self.metrics.batcher_restarts.set_function(lambda: self.batcher.restarts)
-        self.explanations = Explanations(classifier, self.settings, self.metrics, self._offload)
+        self.metrics.memory_releases.set_function(lambda: self.memory.releases)
+        self.explanations = Explanations(classifier, self.settings, self.metrics, self._offload, self.memory.heavy)
         self.classifier = classifier
         log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
 
@@ -128,10 +131,19 @@ class Service:
         if self.explanations is not None:
             self.explanations.close()
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        self.memory.close()
 
-    def _offload(self, function: Callable, *args) -> Awaitable:
-        """``function(*args)`` on a tokenizer thread: at most ``tokenize_threads`` such payloads at once."""
-        return asyncio.get_running_loop().run_in_executor(self._tokenizers, function, *args)
+    async def _offload(self, function: Callable, *args) -> Any:
+        """``function(*args)`` on a tokenizer thread: at most ``tokenize_threads`` such payloads at once, each
+        heavy work for :class:`MemoryRelease`."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenizers, function, *args)
+        finally:
+            self.memory.heavy()
+
+    def _on_batch(self, texts: int, tokens: int, waits, seconds: float) -> None:
+        self.metrics.on_batch(texts, tokens, waits, seconds)
+        self.memory.batch(tokens)
 
     def ready(self) -> Classifier:
         if self.closing:

@@ -56,11 +56,13 @@ class Explanations:
     def __init__(
         self, classifier: Classifier, settings: ServiceSettings, metrics: Metrics,
         tokenize: Callable[..., Awaitable],  # (function, *args): its result, computed on a tokenizer thread
+        ended: Callable[[], None],  # called on the event loop as each admitted explanation ends
     ):
         self.classifier = classifier
         self.settings = settings
         self.metrics = metrics
         self._tokenize = tokenize
+        self._ended = ended
         self.work = 0  # tokens x occlusions admitted: waiting or computing
         self.admitted = 0  # explanations waiting or computing
         self.computing = 0
@@ -107,6 +109,7 @@ class Explanations:
             self.admitted -= 1
             self.metrics.explains.labels(outcome).inc()
             self.metrics.explain_seconds.observe(time.perf_counter() - started)
+            self._ended()
 
     def _full(self, work: int) -> bool:
         """Whether ``work`` more would overfill the queue: past ``max_explain_work``, or past what the threads

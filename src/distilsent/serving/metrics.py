@@ -71,6 +71,9 @@ class Metrics:
             registry=r,
         )
         self.explains_computing = Gauge("distilsent_explains_computing", "Explanations computing now", registry=r)
+        self.memory_releases = Gauge(
+            "distilsent_memory_releases", "Times free memory was given back to the system after a burst", registry=r
+        )
         self.batcher_restarts = Gauge(
             "distilsent_batcher_restarts", "Batcher workers started after one ended unasked", registry=r
         )
