@@ -20,14 +20,39 @@ def test_predict_arguments_in_process(tiny_model_dir, capsys):
 def test_predict_stdin_one_line_per_text(tiny_model_dir, capsys, monkeypatch):
     data = b"a great film\r\n\nnot good\n\xff\xfe broken utf-8\nlast line without newline"
     code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--top-k", "all"], capsys, data, monkeypatch)
-    assert code == 0
-    assert len(lines) == 5  # the empty line and the broken one are classified too: nothing is lost
-    assert all(isinstance(line, list) and len(line) == 2 for line in lines)
+    assert code == 1  # the empty line
+    assert len(lines) == 5  # one line out per line in: the empty one gets its error, the broken one a label
+    assert lines[1] == {"error": "line 2: the text is empty"}
     assert "line 4: invalid UTF-8" in err
     expected = Classifier.load(tiny_model_dir)(
-        ["a great film", "", "not good", "\ufffd\ufffd broken utf-8", "last line without newline"], top_k=None
+        ["a great film", "not good", "\ufffd\ufffd broken utf-8", "last line without newline"], top_k=None
     )
-    assert lines == expected
+    assert lines[:1] + lines[2:] == expected
+
+
+def test_predict_blank_lines_get_an_error_in_their_place_and_exit_1(tiny_model_dir, capsys, monkeypatch):
+    """An empty or whitespace-only line is not labelled (the model would answer from [CLS] and [SEP] alone):
+    its output line is an error record, stderr says which line, the rest is classified, and the exit is 1."""
+    import distilsent.cli.predict
+
+    monkeypatch.setattr(distilsent.cli.predict, "CHUNK", 2)  # line 3 and 4 blank: a chunk with nothing to classify
+    data = "a great film\nawful\n\n \t\u3000\nnot good\n".encode()
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir)], capsys, data, monkeypatch)
+    assert code == 1
+    assert lines == [*Classifier.load(tiny_model_dir)(["a great film", "awful"]),
+                     {"error": "line 3: the text is empty"}, {"error": "line 4: the text is only whitespace"},
+                     *Classifier.load(tiny_model_dir)(["not good"])]
+    assert err == ("distilsent: error: line 3: the text is empty\n"
+                   "distilsent: error: line 4: the text is only whitespace\n")
+
+
+def test_predict_blank_argument_is_named_by_its_position(tiny_model_dir, capsys):
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "--top-k", "all", "fun", ""], capsys)
+    assert code == 1
+    assert lines == [Classifier.load(tiny_model_dir)(["fun"], top_k=None)[0], {"error": "text 2: the text is empty"}]
+    assert err == "distilsent: error: text 2: the text is empty\n"
+    code, lines, err = run(["predict", "--model", str(tiny_model_dir), "  "], capsys)
+    assert (code, lines) == (1, [{"error": "text 1: the text is only whitespace"}])
 
 
 def test_predict_top_k_one(tiny_model_dir, capsys):
@@ -113,6 +138,19 @@ def test_predict_refuses_a_text_over_max_windows_before_reading_it(tiny_model_di
     assert code == 1 and len(lines) == 1 and err.startswith("distilsent: error: text 2: the text needs more than 3")
     code, lines, _ = run([*windowed(tiny_model_dir), "--max-windows", "4", over], capsys)
     assert code == 0 and lines == clf([over])
+
+
+def test_predict_blank_line_before_a_refused_one(tiny_model_dir, capsys, monkeypatch):
+    """Both are told, in order, and the output still ends where the refusal points."""
+    over = " ".join(["good"] * 125)
+    data = f"great\n\n{over}\nawful\n".encode()
+    code, lines, err = run([*windowed(tiny_model_dir), "--max-windows", "3"], capsys, data, monkeypatch)
+    assert code == 1
+    assert lines == [*Classifier.load(tiny_model_dir, long_text="window")(["great"]),
+                     {"error": "line 2: the text is empty"}]
+    assert err.splitlines() == ["distilsent: error: line 2: the text is empty",
+                                "distilsent: error: line 3: the text needs more than 3 windows of 64 tokens; raise "
+                                "--max-windows, or pass --long-text truncate to read its first 64 tokens"]
 
 
 def test_predict_default_window_cap_refuses_a_huge_line_at_once(tiny_model_dir, capsys, monkeypatch):

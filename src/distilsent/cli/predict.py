@@ -60,7 +60,33 @@ def add_predict(verbs) -> None:
     p.set_defaults(run=run_predict)
 
 
-def run_predict(args: argparse.Namespace) -> None:
+def blank(text: str) -> str | None:
+    """Why a text gets no label, or None: an empty text has nothing to classify (the model would still
+    answer, from [CLS] and [SEP] alone, with a score that says nothing about the input)."""
+    if text == "":
+        return "the text is empty"
+    if not text.strip():
+        return "the text is only whitespace"
+    return None
+
+
+def answer(clf: Classifier, texts: list[str], call: dict, kind: str, first: int) -> int:
+    """Print one JSON line per text, in order: its labels, or in its place an error record naming the blank
+    text (``KIND N``, from ``first``), which stderr also tells; returns how many texts were blank."""
+    problems = [blank(text) for text in texts]
+    classified = [text for text, problem in zip(texts, problems) if problem is None]
+    results = iter(clf(classified, **call) if classified else [])
+    for number, problem in enumerate(problems, start=first):
+        if problem is None:
+            sys.stdout.write(json.dumps(next(results), ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(json.dumps({"error": f"{kind} {number}: {problem}"}) + "\n")
+            print(f"distilsent: error: {kind} {number}: {problem}", file=sys.stderr)
+    sys.stdout.flush()
+    return len(texts) - len(classified)
+
+
+def run_predict(args: argparse.Namespace) -> int:
     options = {k: v for k, v in (("batch_size", args.batch_size), ("max_length", args.max_length)) if v}
     clf = Classifier.load(args.model, backend=args.backend, threads=args.threads, **options,
                           **reading_options(reading(args)))
@@ -71,16 +97,15 @@ def run_predict(args: argparse.Namespace) -> None:
     if args.neutral_below is not None:
         call["neutral_below"] = args.neutral_below
     kind = "text" if args.texts else "line"  # where a message points: the arguments are one chunk
-    first = 1
+    first, blanks = 1, 0
     for texts in chunks:
         over = over_window_limit_at(clf, texts, args.max_windows)
         # The texts before a refused one are answered, so the output ends exactly where the error points.
-        for result in clf(texts[:over], **call) if over != 0 else []:
-            sys.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        blanks += answer(clf, texts[:over], call, kind, first)
         if over is not None:
             raise window_limit_error(f"{kind} {first + over}", clf, args.max_windows)
         first += len(texts)
+    return 1 if blanks else 0  # each blank text was told on stderr as it came
 
 
 EMBED_EXAMPLES = """examples:

@@ -37,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``distilsent ARGV``: 0 when done, 1 after an error told in one line on stderr, 2 for a usage error,
-    130 or 143 when interrupted."""
+    """Run ``distilsent ARGV``: 0 when done, 1 after an error told in one line on stderr (a verb may also
+    return 1 after telling its errors itself), 2 for a usage error, 130 or 143 when interrupted."""
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show_warning
-            args.run(args)
+            return args.run(args) or 0
     except DistilsentError as e:
         print(f"distilsent: error: {e}", file=sys.stderr)
         return 1
@@ -52,4 +52,3 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`); nothing left to report
         return 0
-    return 0
