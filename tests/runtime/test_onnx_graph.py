@@ -409,7 +409,7 @@ def test_a_backend_returning_the_wrong_shape_is_reported(model_dir):
 
 
 def test_backends_are_chosen_from_the_registry(model_dir):
-    from distilsent.cli.commands import build_parser
+    from distilsent.cli import build_parser
 
     for name in BACKENDS:
         assert Classifier.load(model_dir, backend=name).backend.name == name
