@@ -36,7 +36,7 @@ PREDICT_EXAMPLES = """examples:
   distilsent predict "a gripping, beautiful film"
   printf 'great\\nawful\\n' | distilsent predict --top-k all
   distilsent predict --model ./my-model --batch-size 128 < reviews.txt > predictions.jsonl
-  distilsent predict --neutral-below 0.7 < reviews.txt     # long texts: 128-token windows, the surest decides
+  distilsent predict --neutral-below 0.7 < reviews.txt     # NEUTRAL where the surer label is below 0.7
   distilsent predict --model ./imdb-model --window 512 --aggregate mean < reviews.txt"""
 
 
