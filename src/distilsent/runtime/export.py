@@ -6,7 +6,6 @@ The graph itself (built from the weights, int8, the cache) is :mod:`distilsent.r
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError
 from ..model.checkpoint import load_config, resolve
+from ..model.directory import writing
 from ..progress import Progress
 from .classifier import Classifier
 from .onnx_graph import ONNX_NAME, write_onnx
@@ -33,8 +33,6 @@ PARITY_TEXTS = (
     "meh",
     "I laughed, I cried, I left the theatre a better person.",
 )
-# Files copied from a checkpoint into an export so that the directory loads on its own.
-COPIED_NAMES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass(frozen=True)
@@ -101,25 +99,24 @@ def export(
     """
     directory = resolve(path_or_id)
     config = load_config(directory)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output directory {out} ({e.strerror or e})") from None
-    write_onnx(directory, config, out / ONNX_NAME, int8=int8)
-    for name in COPIED_NAMES:
-        if (directory / name).is_file():
-            shutil.copyfile(directory / name, out / name)
-    result = None
-    if texts:
-        try:
-            reference = Classifier.load(directory, backend="torch")
-        except MissingDependencyError:
-            reference = None  # exporting needs no torch; only this comparison does
-        if reference is not None:
-            result = parity(reference, Classifier.load(out, backend="onnx"), texts, labels, progress=progress)
-    source_card = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
-    (out / "README.md").write_text(export_card(source_card, directory.name, int8=int8, parity=result), encoding="utf-8")
+    if Path(out_dir).resolve() == directory.resolve():
+        raise InputError(f"the export must go to a new directory, not over its source {directory}")
+    with writing(out_dir) as written:  # the graph, the config, the source's tokenizer and the card below
+        write_onnx(directory, config, written.path / ONNX_NAME, int8=int8)
+        written.write_config(config)
+        written.carry_tokenizer(directory)
+        result = None
+        if texts:
+            try:
+                reference = Classifier.load(directory, backend="torch")
+            except MissingDependencyError:
+                reference = None  # exporting needs no torch; only this comparison does
+            if reference is not None:
+                exported = Classifier.load(written.path, backend="onnx")
+                result = parity(reference, exported, texts, labels, progress=progress)
+        card_path = directory / "README.md"
+        source_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+        written.write_card(export_card(source_card, directory.name, int8=int8, parity=result))
     return result
 
 

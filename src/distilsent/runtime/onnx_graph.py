@@ -85,8 +85,8 @@ from ..model.checkpoint import (
     load_state_dict,
 )
 from ..model.config import DistilBertConfig
+from ..model.directory import ONNX_NAME
 
-ONNX_NAME = "model.onnx"
 SOURCE_NAME = "source.txt"  # beside a cached graph: the checkpoint it was built from, for `distilsent cache list`
 # Bump when the graph layout changes, so that stale cached graphs are rebuilt rather than reused.
 GRAPH_VERSION = "1"
