@@ -1,4 +1,4 @@
-"""Checkpoint directories in Hugging Face layout: find, load strictly, save.
+"""Checkpoint directories in Hugging Face layout: find, load strictly, save (through :mod:`.directory`).
 
 A checkpoint is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, read only through
 ``torch.load(weights_only=True)``) + ``tokenizer.json``/``vocab.txt`` (+ ``tokenizer_config.json``) +

@@ -95,13 +95,14 @@ def export(
 
     With ``texts`` the export is compared with the PyTorch model on them and the result is returned and
     written into the card; without torch installed that comparison is skipped and ``None`` returned.
-    ``progress`` shows that comparison's progress on stderr.
+    ``progress`` shows that comparison's progress on stderr. A model already in ``out_dir`` is replaced (see
+    :mod:`distilsent.model.directory`); the source itself cannot be.
     """
     directory = resolve(path_or_id)
     config = load_config(directory)
     if Path(out_dir).resolve() == directory.resolve():
         raise InputError(f"the export must go to a new directory, not over its source {directory}")
-    with writing(out_dir) as written:  # the graph, the config, the source's tokenizer and the card below
+    with writing(out_dir) as written:  # the parity check below loads the export before it is moved into place
         write_onnx(directory, config, written.path / ONNX_NAME, int8=int8)
         written.write_config(config)
         written.carry_tokenizer(directory)
