@@ -1,16 +1,12 @@
 """``Classifier``: texts in, ``{"label", "score"}`` out, in the shapes of the Hugging Face pipeline.
 
-Every caller (the library's ``clf(texts)`` and ``logits``, the HTTP service, bulk scoring, evaluation,
-calibration, the distillation teacher, the export's parity check, embeddings) runs one chain, in three
-parts, so that they differ only in how they feed it:
+Every caller (the library's ``clf(texts)`` and ``logits``, bulk scoring, evaluation, calibration, the
+distillation teacher, the export's parity check, embeddings) runs one chain, in three parts, so that they
+differ only in how they feed it (an async server runs ``prepare`` in a thread and awaits its batcher):
 
-    prepare(texts, reading)  -> Job: texts read into sequences (tokenized; cut, head+tail, or windows as the
-                                reading says); the one place that builds sequences
-    runner(job.sequences)    -> logits (sequences, labels): by default ``run``, the classifier's planned
-                                batches; the service awaits its cross-request batcher instead, the
-                                distillation teacher reads cached chunks back
-    complete(job, logits)    -> Inference: scores (softmax / sigmoid / raw), a text's windows aggregated
-                                (``reading.aggregate``), per-text scores and per-window ones
+    prepare(texts, reading) -> Job: the texts tokenized and read (cut, head+tail or windows): the sequences
+    runner(job.sequences)   -> logits: ``run`` (planned batches), a cross-request batcher, the teacher's cache
+    complete(job, logits)   -> Inference: scores per window and per text (windows aggregated by the reading)
 
 ``infer(texts, reading)`` is the three together for synchronous callers, with a pluggable ``runner``, a
 progress observer (``(done, total)`` in sequences) and, with ``embeddings=``, each text's embedding from
@@ -375,10 +371,12 @@ class Classifier:
         window_scores = self.scores(logits, function_to_apply)
         embeddings = None
         if job.embeddings is not None:
+            if vectors is None:
+                raise InputError("the job asks for embeddings: pass each sequence's vector with its logits")
             embeddings = job.per_text(vectors)
             embeddings = normalize_rows(embeddings) if job.embeddings.normalize else embeddings
-        return Inference(job.per_text(window_scores, job.reading.aggregate), function_to_apply or self.default_function,
-                         job.reading, job.windows, logits, window_scores, embeddings)
+        return Inference(job.per_text(window_scores, job.reading.aggregate), job.reading, job.windows, logits,
+                         window_scores, embeddings)
 
     def infer(
         self,

@@ -48,7 +48,11 @@ class Embeddings:
     @classmethod
     def of(cls, value: "str | Embeddings | None") -> "Embeddings | None":
         """``value`` as embeddings to compute: a pooling name is that pooling of the last layer."""
-        return cls(value) if isinstance(value, str) else value
+        if value is None or isinstance(value, Embeddings):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        raise InputError(f"embeddings must be a pooling name or an Embeddings, got {value!r}")
 
 
 def layer_index(layer: int, n_layers: int) -> int:
@@ -93,7 +97,7 @@ def embed(
     The texts' first ``max_length`` tokens (or the model's) are read, one sequence each, and no scores are
     asked for: a backend that gives hidden states without logits runs once per batch all the same."""
     wanted = Embeddings(pooling, layer, normalize)
-    job = classifier.prepare(texts, Reading(), truncation=truncation, max_length=max_length)
+    job = classifier.prepare(texts, Reading(), truncation=truncation, max_length=max_length, embeddings=wanted)
     with ProgressBar("embed", unit="text", enabled=progress) as bar:
         vectors = classifier.run_embedded(job.sequences, wanted, batch_size=batch_size, progress=bar)[1]
     return normalize_rows(vectors) if normalize else vectors

@@ -29,7 +29,7 @@ class Job:
     """Texts made ready to run: the sequences (one per text, or one per window) and how to read the results
     back per text. ``Classifier.prepare`` is the one place that builds them."""
 
-    texts: int  # how many texts
+    n_texts: int
     reading: Reading  # as read: its aggregation combines a text's windows
     windows: WindowPlan
     embeddings: Embeddings | None = None  # asked for with the scores
@@ -41,17 +41,17 @@ class Job:
     def per_text(self, values: np.ndarray, how: str = "mean") -> np.ndarray:
         """(texts, k) from per-sequence ``values`` (sequences, k): a text's own row, or its windows'
         combined (see :func:`distilsent.runtime.long_text.aggregate`)."""
-        return aggregate_windows(values, self.windows, self.texts, how)
+        return aggregate_windows(values, self.windows, self.n_texts, how)
 
 
 @dataclass(frozen=True, eq=False)
 class Inference:
-    """What the chain gives for some texts: ``scores`` (texts, labels) after ``function`` and the window
-    aggregation, the ``windows`` run with their raw ``window_logits`` and ``window_scores``
-    (sequences, labels), and ``embeddings`` (texts, dim) when they were asked for."""
+    """What the chain gives for some texts read as ``reading``: ``scores`` (texts, labels) after the
+    function (softmax, sigmoid or none) and the window aggregation, the ``windows`` run with their raw
+    ``window_logits`` and ``window_scores`` (sequences, labels), and ``embeddings`` (texts, dim) when they
+    were asked for."""
 
     scores: np.ndarray
-    function: str
     reading: Reading
     windows: WindowPlan
     window_logits: np.ndarray
