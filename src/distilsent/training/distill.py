@@ -22,6 +22,7 @@ this module gives it the loss. Texts without a label (``UNLABELLED``) learn from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -223,11 +224,10 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, lo
     """
     clf = Classifier.load(directory, backend=backend, threads=threads)
     with ProgressBar("teacher", unit="text", enabled=progress) as bar:
-        def runner(sequences: Sequence[Sequence[int]]) -> np.ndarray:
-            return chunked_logits(sequences, clf.run, clf.config.num_labels, parts=parts, progress=bar)
-
-        inference = clf.infer(texts, Reading(long_text, head=head), max_length=max_length, runner=runner, progress=bar)
-    return inference.window_logits
+        runner = functools.partial(chunked_logits, run=clf.run, num_labels=clf.config.num_labels, parts=parts,
+                                   progress=bar)
+        return clf.infer(texts, Reading(long_text, head=head), max_length=max_length, runner=runner,
+                         progress=bar).window_logits
 
 
 def chunked_logits(sequences: Sequence[Sequence[int]], run, num_labels: int, *, parts: Path | None = None,
@@ -244,10 +244,7 @@ def chunked_logits(sequences: Sequence[Sequence[int]], run, num_labels: int, *, 
         if saved is not None:
             out[start : start + len(chunk)] = saved
         else:
-            def heard(done: int, _total: int, start: int = start) -> None:
-                if progress is not None:
-                    progress(start + done, len(sequences))
-
+            heard = None if progress is None else lambda done, _, start=start: progress(start + done, len(sequences))
             out[start : start + len(chunk)] = run(chunk, progress=heard)
             if part is not None:
                 _save_array(out[start : start + len(chunk)], part)
