@@ -14,8 +14,9 @@ import numpy as np
 from ..errors import InputError, MissingDependencyError
 from ..model.checkpoint import load_config, resolve
 from ..model.directory import writing
-from ..progress import Progress
+from ..progress import ProgressBar
 from .classifier import Classifier
+from .long_text import Reading
 from .onnx_graph import ONNX_NAME, write_onnx
 
 # Compared with the PyTorch model when no labelled file is given: short, long, mixed, odd.
@@ -60,17 +61,13 @@ class Parity:
 
 def parity(reference, candidate, texts: list[str], labels: list[int] | None = None, *,
            progress: bool = False) -> Parity:
-    """Compare two classifiers' logits on ``texts`` (and their accuracy when ``labels`` are given).
+    """Compare two classifiers' logits on ``texts``, each text's first tokens (and their accuracy when
+    ``labels`` are given).
 
     ``progress`` shows the texts done by both on stderr: the PyTorch reference on a dev set takes a while.
     """
-    want, got = (np.empty((len(texts), c.config.num_labels), dtype=np.float32) for c in (reference, candidate))
-    with Progress(2 * len(texts), desc="parity", unit="text", enabled=progress) as bar:
-        for classifier, out in ((reference, want), (candidate, got)):
-            sequences = classifier.encode(texts)
-            for batch in classifier.plan([len(s) for s in sequences]):
-                out[batch] = classifier.run_batch([sequences[i] for i in batch])
-                bar.update(len(batch))
+    with ProgressBar("parity", unit="text", enabled=progress, total=2 * len(texts)) as bar:
+        want, got = (c.infer(texts, Reading(), progress=bar).window_logits for c in (reference, candidate))
     agree = want.argmax(-1) == got.argmax(-1)
     accuracies = {}
     if labels is not None:

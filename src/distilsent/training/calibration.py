@@ -175,13 +175,13 @@ def fit(classifier, examples, data: str) -> Calibration:
     one window at a time)."""
     if len(classifier.labels) < 2 or classifier.default_function != "softmax":
         raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
-    window_plan = classifier.windows([e.text for e in examples])
-    logits = classifier.run(window_plan.sequences)
+    inference = classifier.infer([e.text for e in examples], function_to_apply="softmax")
+    logits, windows = inference.window_logits, inference.windows
     labels = np.array([e.label for e in examples])
-    if classifier.aggregate == "max" and len(window_plan.sequences) != len(examples):
-        logits = logits[most_confident(softmax(logits), window_plan, len(examples))]
+    if inference.reading.aggregate == "max" and not inference.one_each:
+        logits = logits[most_confident(inference.window_scores, windows, len(examples))]
     else:
-        labels = labels[window_plan.owner]
+        labels = labels[windows.owner]
     return measure(logits, labels, classifier.labels, data)
 
 
