@@ -47,3 +47,24 @@ def test_disabled_is_silent():
         bar.update(5)
         bar.write("hidden")
     assert log.getvalue() == ""
+
+
+def test_a_progress_observer_draws_its_bar_once_it_knows_the_total_and_adds_up_further_runs():
+    from distilsent.progress import ProgressBar
+
+    log = io.StringIO()
+    with ProgressBar("parity", unit="text", total=8, stream=log) as observer:
+        for _ in range(2):  # two runs of 4, each heard from 0
+            for done in (0, 2, 2, 4):
+                observer(done, 4)
+    assert log.getvalue().splitlines()[-1].startswith("parity: 8/8 texts (100%) ")
+    log = io.StringIO()
+    with ProgressBar("eval", unit="sequence", stream=log) as observer:
+        observer(0, 12)
+        observer(12, 12)
+    assert log.getvalue().startswith("eval: 12/12 sequences (100%) ")
+    log = io.StringIO()
+    with ProgressBar("eval", stream=log, enabled=False) as observer:
+        observer(0, 3)
+        observer(3, 3)
+    assert log.getvalue() == ""

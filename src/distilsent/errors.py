@@ -25,6 +25,15 @@ class DataError(InputError):
     """A labelled data file has a malformed row; the message names the file and line."""
 
 
+class WindowLimitError(InputError):
+    """Texts would be read as more windows than a caller allows (``Classifier.prepare(..., window_limit=)``),
+    found from their token counts before any window is built; ``windows`` and ``limit`` say by how much."""
+
+    def __init__(self, windows: int, limit: int):
+        super().__init__(f"the texts make {windows} windows, over the limit of {limit}")
+        self.windows, self.limit = windows, limit
+
+
 class MissingDependencyError(DistilsentError, ImportError):
     """An optional dependency is needed; the message says what to install."""
 

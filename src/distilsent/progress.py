@@ -109,3 +109,35 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ProgressBar:
+    """A progress observer, ``observer(done, total)``, drawn as a :class:`Progress` bar: the bar is made at
+    the first call, when the total is known (an inference reports ``(0, total)`` before its first batch),
+    and closed on leaving the ``with`` block. Counts that start again from 0 belong to a further run and
+    add to the bar; ``total`` (when given) is the bar's total over every run."""
+
+    def __init__(self, desc: str, *, unit: str = "it", enabled: bool = True, total: int | None = None,
+                 stream: TextIO | None = None):
+        self.desc, self.unit, self.enabled, self.total, self.stream = desc, unit, enabled, total, stream
+        self.bar: Progress | None = None
+        self.last = 0  # the current run's count
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = Progress(self.total if self.total is not None else total, desc=self.desc, unit=self.unit,
+                                stream=self.stream)
+        if done < self.last:  # a further run: its counts add to the bar
+            self.last = 0
+        if done > self.last:
+            self.bar.update(done - self.last)
+            self.last = done
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -21,6 +21,7 @@ from distilsent.bulk.local import ScoreSettings, score_stream
 from distilsent.cli import main
 from distilsent.errors import DataError, InputError
 from distilsent.progress import Progress
+from distilsent.runtime.long_text import Reading
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -308,6 +309,76 @@ def test_long_text_strategies_match_the_classifier(tmp_path, clf):
         expected = clf(texts, top_k=None, **options)
         for got, want in zip(read_table(target), expected):
             assert {k: got[f"score_{k}"] for k in clf.labels} == {d["label"]: d["score"] for d in want}
+
+
+@pytest.mark.parametrize("reading", [Reading("window", window=16, stride=6, aggregate="max"),
+                                     Reading("head_tail", window=None, head=5)], ids=str)
+def test_score_and_eval_give_exactly_the_librarys_scores(tmp_path, tiny_model_dir, reading):
+    from distilsent.data.examples import Example
+    from distilsent.training.evaluate import evaluate, metrics
+
+    texts = [" ".join(["the film was great fun"] * (2 * k) + ["but the ending was awful"] * (7 - k)) for k in range(7)]
+    texts += TEXTS
+    library = Classifier.load(tiny_model_dir, **reading.options())
+    assert library.reading == reading
+    expected = library(texts, top_k=None)  # the library's scores, through its public call
+    probs = np.array([[d["score"] for d in sorted(row, key=lambda d: library.labels.index(d["label"]))]
+                      for row in expected])
+    plain = Classifier.load(tiny_model_dir)  # reads by truncation: the settings must carry the reading
+    assert not np.array_equal(plain.infer(texts).scores, probs)
+    source = write_table(tmp_path / "in.jsonl", [{"text": t} for t in texts])
+    for settings in (ScoreSettings(all_scores=True, chunk_rows=4, reading=reading),
+                     ScoreSettings(all_scores=True, chunk_rows=4, long_text=reading.long_text, window=reading.window,
+                                   stride=reading.stride, aggregate=reading.aggregate)):
+        target = tmp_path / "out.jsonl"
+        reader = plain if settings.reading is not None else library  # parts go over the classifier's own
+        score_stream(reader, str(source), str(target), settings, progress=False)
+        got = np.array([[r[f"score_{label}"] for label in plain.labels] for r in read_table(target)])
+        np.testing.assert_array_equal(got, probs)
+    labels = [i % 2 for i in range(len(texts))]
+    evaluated = evaluate(library, [Example(t, y) for t, y in zip(texts, labels)])
+    want = metrics(np.array(labels), probs, library.labels)
+    for key in ("accuracy", "nll", "brier", "ece", "confusion_matrix", "calibration", "risk_coverage"):
+        assert evaluated[key] == want[key], key
+
+
+def test_a_reading_or_its_parts(clf):
+    assert "reading" not in ScoreSettings(long_text="window").identity()  # as runs before readings resume
+    assert ScoreSettings(reading=Reading("window", window=16)).identity()["reading"]["window"] == 16
+    assert ScoreSettings(stride=8).reading_of(clf) == clf.reading.override(stride=8)
+    with pytest.raises(InputError, match="a reading or its parts, not both: window"):
+        ScoreSettings(reading=Reading("window"), window=16)
+    with pytest.raises(InputError, match="long_text must be one of"):
+        ScoreSettings(long_text="windows")
+
+
+def test_scores_and_embeddings_come_from_one_encoder_pass(tiny_model_dir):
+    from distilsent.bulk.engine import Scorer
+
+    loaded = Classifier.load(tiny_model_dir, batch_size=4)
+    calls = []
+
+    class Counting:
+        name = "counting"
+
+        def logits(self, ids, mask):
+            calls.append("logits")
+            return loaded.backend.logits(ids, mask)
+
+        def logits_and_hidden_states(self, ids, mask, layers):
+            calls.append("both")
+            return loaded.backend.logits_and_hidden_states(ids, mask, layers)
+
+    clf = Classifier(Counting(), loaded.tokenizer, loaded.config, batch_size=4)
+    rows = Scorer(clf, ScoreSettings(embeddings="mean", all_scores=True), "text").score(
+        [{"text": t} for t in TEXTS], [None] * len(TEXTS))
+    assert calls == ["both"] * len(clf.plan([len(s) for s in clf.encode(TEXTS)])) and len(calls) > 1
+    np.testing.assert_allclose([r["embedding"] for r in rows], loaded.embed(TEXTS, pooling="mean"), atol=1e-6)
+    expected = loaded(TEXTS, top_k=None)
+    for row, want in zip(rows, expected):
+        assert row["label"] == want[0]["label"]
+        for item in want:
+            assert row[f"score_{item['label']}"] == pytest.approx(item["score"], abs=1e-6)
 
 
 @pytest.mark.parametrize("fmt", ("jsonl", "parquet"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distilsent import Classifier, DataError, InputError
-from distilsent.cli.commands import main
+from distilsent.cli import main
 from distilsent.insight.probe import (
     CARD_END,
     CARD_START,
@@ -166,13 +166,13 @@ def test_a_binary_template_file_is_not_a_text_file(tmp_path):
 
 
 def test_cli_without_matplotlib_fails_before_probing(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    import distilsent.cli.commands
+    import distilsent.cli.evaluation
 
     def run_probe(*args, **kwargs):
         raise AssertionError("probed although the plots cannot be drawn")
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr(distilsent.cli.commands, "run_probe", run_probe)
+    monkeypatch.setattr(distilsent.cli.evaluation, "run_probe", run_probe)
     code = main(["bias-probe", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out")])
     assert code == 1
     err = capsys.readouterr().err

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,3 +207,21 @@ def test_names_resolve_from_the_cache_or_fail_fast_without_network(tiny_model_di
         f"distilsent: error: someone/not-cached is not a local directory nor in the Hugging Face cache, and {why}"
     )
     assert missing.stderr.count("\n") == 1
+
+
+def test_saving_over_an_exported_model_leaves_no_stale_graph(tiny_model_dir, tmp_path):
+    """save_model writes through the one writer: the graph of the model that was there goes with it."""
+    from distilsent import Classifier
+    from distilsent.runtime.export import export
+
+    export(tiny_model_dir, tmp_path / "m")
+    model, tokenizer = load_model(tiny_model_dir)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1)
+    save_model(model, tokenizer, tmp_path / "m")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json"}
+    texts = ["a great film", "boring and bad"]
+    want = Classifier.load(tmp_path / "m", backend="torch").logits(texts)
+    np.testing.assert_allclose(Classifier.load(tmp_path / "m").logits(texts), want, atol=1e-4)
+    assert not np.allclose(want, Classifier.load(tiny_model_dir).logits(texts), atol=1e-3)

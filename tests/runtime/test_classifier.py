@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from distilsent import Classifier, InputError
-from distilsent.runtime.classifier import BATCH_OVERHEAD_TOKENS, plan_batches
+from distilsent.runtime.batching import BATCH_OVERHEAD_TOKENS, plan_batches
 
 from ..conftest import make_tiny_model
 

@@ -7,6 +7,7 @@ from distilsent.errors import InputError
 from distilsent.runtime.long_text import (
     WindowPlan,
     aggregate,
+    count_windows,
     head_tail,
     plan,
     truncate,
@@ -295,3 +296,13 @@ def test_window_token_limit_is_the_longest_text_within_that_many_windows(max_len
     windows = [len(plan([text(n - 2)], "window", max_length, stride=stride, window=window).sequences)
                for n in (limit, limit + 1)]
     assert windows[0] <= max_windows < windows[1]
+
+
+@pytest.mark.parametrize("max_length, window, stride", [(512, None, None), (64, None, 7), (64, 16, 14), (32, 5, 1)])
+def test_count_windows_counts_what_plan_builds_for_texts_read_as_several(max_length, window, stride):
+    lengths = [2, 3, 20, 33, 64, 65, 130, 513, 2000]
+    ids = [text(n - 2) for n in lengths]
+    owners = plan(ids, "window", max_length, stride=stride, window=window).owner
+    several = sum(int((owners == i).sum()) for i in range(len(ids)) if (owners == i).sum() > 1)
+    assert several > 0
+    assert count_windows(lengths, max_length, stride=stride, window=window) == several

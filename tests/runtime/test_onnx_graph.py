@@ -409,7 +409,7 @@ def test_a_backend_returning_the_wrong_shape_is_reported(model_dir):
 
 
 def test_backends_are_chosen_from_the_registry(model_dir):
-    from distilsent.cli.commands import build_parser
+    from distilsent.cli import build_parser
 
     for name in BACKENDS:
         assert Classifier.load(model_dir, backend=name).backend.name == name
@@ -520,3 +520,22 @@ def test_torch_free_modules_do_not_import_torch(tmp_path, exported, cache):
     prediction, loaded = result.stdout.strip().splitlines()
     assert json.loads(prediction)["label"] in ("NEGATIVE", "POSITIVE")
     assert loaded == "False False"
+
+
+def test_export_replaces_the_model_in_its_output_and_refuses_its_source(tmp_path, model_dir, tiny_model_dir):
+    """export writes through the one writer: a model already in the output goes (its weights would otherwise
+    sit beside another model's config and graph), and exporting over the source would lose its weights."""
+    from distilsent.runtime.export import export
+
+    out = tmp_path / "out"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "notes.txt").write_text("mine")
+    export(model_dir, out)
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.onnx", "tokenizer.json", "vocab.txt",
+                                               "tokenizer_config.json", "README.md", "notes.txt"}
+    np.testing.assert_allclose(Classifier.load(out).logits(TEXTS),
+                               Classifier.load(model_dir, backend="torch").logits(TEXTS), atol=1e-4)
+    with pytest.raises(InputError, match="not over its source"):
+        export(out, out)
+    assert main(["export", str(model_dir), str(model_dir)]) == 1
+    assert (model_dir / "model.safetensors").is_file()

@@ -177,3 +177,26 @@ def test_the_shipped_default_model_is_calibrated(sst2_dir):
     uncalibrated = metrics(labels, softmax(logits * temperature), ["NEGATIVE", "POSITIVE"])
     assert shipped["ece"] < uncalibrated["ece"] and shipped["nll"] < uncalibrated["nll"]
     assert shipped["accuracy"] == uncalibrated["accuracy"]
+
+
+def test_only_the_model_and_its_tokenizer_are_written(tiny_model_dir, tmp_path):
+    """The one writer's rule: nothing else of the source is carried, and a calibration in place removes the graph
+    of the uncalibrated weights (which the ONNX backend would otherwise run) and the pickle beside the new weights."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_model_dir, source)
+    for name in ("resume.pt", "tf_model.h5", "metrics.jsonl"):
+        (source / name).write_bytes(b"not part of the model")
+    out = write_calibrated(source, tmp_path / "out", 2.0, "# c\n")
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json", "vocab.txt",
+                                               "tokenizer_config.json", "README.md"}
+    from distilsent.runtime.export import export
+
+    export(source, tmp_path / "exported")
+    shutil.copy(tmp_path / "exported" / "model.onnx", source / "model.onnx")
+    shutil.copy(source / "model.safetensors", source / "pytorch_model.bin")
+    original = Classifier.load(source).logits(TEXTS)
+    write_calibrated(source, source, 2.0, "# c\n")
+    assert not (source / "model.onnx").exists() and not (source / "pytorch_model.bin").exists()
+    np.testing.assert_allclose(Classifier.load(source).logits(TEXTS), original / 2, rtol=1e-4, atol=1e-4)

@@ -132,3 +132,17 @@ def test_fewshot_verb(tiny_model_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path / "model"), "--top-k", "all", "great fun"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted(d["label"] for d in row) == sorted(LABELS)
+
+
+def test_a_head_written_over_an_export_runs_its_own_weights(tiny_model_dir, tmp_path):
+    """save_head writes through the one writer: the graph of the model that was in the output goes."""
+    from distilsent.runtime.export import export
+
+    export(tiny_model_dir, tmp_path / "out")
+    texts, labels = examples(4, 6)
+    fewshot(tiny_model_dir, texts, labels, LABELS, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "README.md"}
+    onnx = Classifier.load(tmp_path / "out")  # the stale two-label graph would give (n, 2) logits
+    np.testing.assert_allclose(onnx.logits(texts), Classifier.load(tmp_path / "out", backend="torch").logits(texts),
+                               atol=1e-4)

@@ -8,7 +8,7 @@ nothing of each other; the command line chooses between them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,8 @@ import numpy as np
 from ..data.tables import require_pyarrow
 from ..errors import DataError, InputError
 from ..runtime.embeddings import POOLINGS
-from ..runtime.long_text import aggregate as aggregate_windows
-from ..runtime.long_text import check_strategy, over_window_limit
+from ..runtime.inference import Inference
+from ..runtime.long_text import Reading, over_window_limit
 
 ON_ERROR = ("fail", "skip", "mark")
 # Rows per chunk: the unit of reading, classifying, writing and resuming. A thousand rows fill dozens of
@@ -29,7 +29,11 @@ REPORTED_ROWS = 20  # bad rows printed one by one on stderr; the rest are only c
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """What decides the output's bytes: a resumed run must use the same settings."""
+    """What decides the output's bytes: a resumed run must use the same settings.
+
+    How long texts are read: ``reading``, a whole :class:`~distilsent.runtime.long_text.Reading`, or its
+    parts ``long_text``, ``stride``, ``aggregate`` and ``window``, each over the classifier's own reading
+    (the model's) as ``Classifier.__call__`` takes them; neither: the classifier's own."""
 
     text_column: str | None = None
     all_scores: bool = False
@@ -37,12 +41,13 @@ class ScoreSettings:
     prefix: str = ""
     chunk_rows: int = CHUNK_ROWS
     batch_size: int | None = None
-    long_text: str | None = None  # None: the classifier's own (the model's reading); see distilsent.runtime.long_text
+    long_text: str | None = None
     stride: int | None = None
     aggregate: str | None = None
     window: int | None = None
-    embeddings: str | None = None  # a pooling ("cls" or "mean"): add each text's embedding, see Classifier.embed
+    embeddings: str | None = None  # a pooling ("cls" or "mean"): each text's embedding, from the scoring pass
     max_windows: int | None = None  # with "window" reading: a text needing more windows is a bad row
+    reading: Reading | None = None
 
     def __post_init__(self):
         if self.on_error not in ON_ERROR:
@@ -51,9 +56,28 @@ class ScoreSettings:
             raise InputError("chunk_rows must be positive")
         if self.max_windows is not None and self.max_windows < 1:
             raise InputError("max_windows must be positive")
-        check_strategy(self.long_text or "truncate", self.aggregate or "mean")
+        parts = self.reading_parts()
+        if self.reading is not None and parts:
+            raise InputError(f"give a reading or its parts, not both: {', '.join(parts)} with {self.reading}")
+        Reading(**{"long_text": "truncate", "aggregate": "mean", **parts})  # checks the parts given
         if self.embeddings not in (None, *POOLINGS):
             raise InputError(f"embeddings pooling must be one of {', '.join(POOLINGS)}, got {self.embeddings!r}")
+
+    def reading_parts(self) -> dict:
+        """The parts of a reading given one by one (not None)."""
+        parts = {"long_text": self.long_text, "stride": self.stride, "aggregate": self.aggregate, "window": self.window}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def reading_of(self, clf) -> Reading:
+        """How ``clf`` reads the texts: :attr:`reading`, else its own with the parts given over it."""
+        return self.reading if self.reading is not None else clf.reading.override(**self.reading_parts())
+
+    def identity(self) -> dict:
+        """What a resumed run must share, as JSON: every setting (no ``reading`` key when none is given)."""
+        settings = asdict(self)
+        if self.reading is None:
+            del settings["reading"]
+        return settings
 
 
 def text_problem(value: Any) -> str | None:
@@ -101,39 +125,38 @@ class Scorer:
     def window_problems(self, records: list[dict], problems: list[str | None]) -> list[str | None]:
         """``problems`` plus the texts that ``max_windows`` refuses, found before their windows are built."""
         clf, settings = self.clf, self.settings
-        if settings.max_windows is None or (settings.long_text or clf.long_text) != "window":
+        reading = settings.reading_of(clf)
+        if settings.max_windows is None or reading.long_text != "window":
             return problems
         good = [i for i, p in enumerate(problems) if p is None]
-        window = settings.window or clf.window
         over = over_window_limit(clf.tokenizer, [records[i][self.text_column] for i in good], settings.max_windows,
-                                 clf.max_length, stride=settings.stride or clf.stride, window=window)
+                                 clf.max_length, stride=reading.stride, window=reading.window)
         problems = list(problems)
         for k in over:
             problems[good[k]] = (f"the text needs more than {settings.max_windows} windows of "
-                                 f"{min(window or clf.max_length, clf.max_length)} tokens (--max-windows)")
+                                 f"{min(reading.window or clf.max_length, clf.max_length)} tokens (--max-windows)")
         return problems
 
+    def infer(self, texts: list[str]) -> Inference:
+        """The classifier's chain under these settings: the scores ``clf(texts, top_k=None)`` reports (in
+        label order) and, when asked for, the embeddings, from one pass."""
+        settings = self.settings
+        return self.clf.infer(texts, settings.reading_of(self.clf), embeddings=settings.embeddings,
+                              batch_size=settings.batch_size)
+
     def scores(self, texts: list[str]) -> np.ndarray:
-        """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports, from the same
-        steps (windows, run, scores, aggregate) without building its dicts."""
-        clf, settings = self.clf, self.settings
-        window_plan = clf.windows(texts, long_text=settings.long_text, stride=settings.stride, window=settings.window)
-        window_scores = clf.scores(clf.run(window_plan.sequences, batch_size=settings.batch_size))
-        return aggregate_windows(window_scores, window_plan, len(texts), settings.aggregate or clf.aggregate)
+        """(n, labels) scores in label order: the numbers ``clf(texts, top_k=None)`` reports."""
+        return self.infer(texts).scores
 
     def score(self, records: list[dict], problems: list[str | None]) -> list[dict]:
         """The records with the new columns; rows with a problem get empty ones (and the problem when
         marking). ``problems[i]`` is set for a row that is malformed or has no text."""
         good = [i for i, p in enumerate(problems) if p is None]
-        texts = [records[i][self.text_column] for i in good]
-        scores = self.scores(texts)
-        vectors = {}
-        if self.settings.embeddings and texts:
-            embedded = self.clf.embed(texts, pooling=self.settings.embeddings, batch_size=self.settings.batch_size)
-            vectors = dict(zip(good, embedded.tolist()))
+        result = self.infer([records[i][self.text_column] for i in good])
+        vectors = dict(zip(good, result.embeddings.tolist())) if self.settings.embeddings else {}
         labels = self.clf.labels
         out = []
-        by_row = dict(zip(good, scores))
+        by_row = dict(zip(good, result.scores))
         for i, (record, problem) in enumerate(zip(records, problems)):
             row = dict(record)
             s = by_row.get(i)

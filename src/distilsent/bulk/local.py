@@ -227,7 +227,7 @@ def score_stream(clf, source: str, target: str, settings: ScoreSettings, *, resu
     try:
         output = None
         if target != "-":
-            identity = {**_file_identity(source), **asdict(settings), "model": clf.name, "labels": clf.labels,
+            identity = {**_file_identity(source), **settings.identity(), "model": clf.name, "labels": clf.labels,
                         "output_format": out_fmt}
             output = PartsOutput(target, out_fmt, identity, resume)
         resumed = output.done if output else 0

@@ -28,7 +28,6 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from ..data.examples import TEXT_COLUMNS, pick_column
@@ -75,10 +74,10 @@ def model_package(model: str | None) -> dict[str, bytes]:
 class _ScoringActor:
     """One per Ray actor: loads the shipped model once, then scores Arrow batches."""
 
-    def __init__(self, package, settings: dict, text_column: str, schema, source: str, tally, threads: int):
+    def __init__(self, package, settings: ScoreSettings, text_column: str, schema, source: str, tally, threads: int):
         import ray
 
-        self.settings = ScoreSettings(**settings)
+        self.settings = settings
         options = {"batch_size": self.settings.batch_size} if self.settings.batch_size else {}
         # ONNX Runtime and the tokenizer read their files when loading, so the copy can go right after.
         with tempfile.TemporaryDirectory(prefix="distilsent-model-") as directory:
@@ -252,7 +251,7 @@ def score_on_ray(source: str, target: str, settings: ScoreSettings, *, model: st
         tally = ray.remote(_Tally).remote()
         scored = ds.map_batches(
             _ScoringActor,
-            fn_constructor_kwargs={"package": [ray.put(package)], "settings": asdict(settings),
+            fn_constructor_kwargs={"package": [ray.put(package)], "settings": settings,
                                    "text_column": scorer.text_column, "schema": schema, "source": source,
                                    "tally": tally, "threads": threads},
             batch_size=settings.chunk_rows, batch_format="pyarrow", zero_copy_batch=True,

@@ -1,4 +1,4 @@
-"""Checkpoint directories in Hugging Face layout: find, load strictly, save.
+"""Checkpoint directories in Hugging Face layout: find, load strictly, save (through :mod:`.directory`).
 
 A checkpoint is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, read only through
 ``torch.load(weights_only=True)``) + ``tokenizer.json``/``vocab.txt`` (+ ``tokenizer_config.json``) +
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CheckpointError
 from .config import DistilBertConfig
+from .directory import CONFIG_NAME, PICKLE_NAME, SAFETENSORS_NAME, TOKENIZER_NAMES, writing
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
 
     from .distilbert import DistilBertForSequenceClassification
 
-CONFIG_NAME = "config.json"
-SAFETENSORS_NAME = "model.safetensors"
-PICKLE_NAME = "pytorch_model.bin"
-TOKENIZER_NAMES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Non-persistent buffers that some older transformers versions wrote into their checkpoints.
 IGNORED_SUFFIXES = ("position_ids",)
 
@@ -222,12 +219,6 @@ def load_model(path_or_id: str | os.PathLike | None) -> tuple["DistilBertForSequ
     return load_weights(directory, config), load_tokenizer(directory, config)
 
 
-def _umask() -> int:
-    current = os.umask(0)  # reading the umask means setting it; put it back at once
-    os.umask(current)
-    return current
-
-
 def save_model(
     model: "DistilBertForSequenceClassification",
     tokenizer: Tokenizer,
@@ -235,24 +226,15 @@ def save_model(
     card: str | None = None,
     dtype: "torch.dtype | None" = None,
 ) -> Path:
-    """Write a checkpoint directory that both distilsent and ``transformers`` load.
+    """Write a checkpoint directory that both distilsent and ``transformers`` load (see :mod:`.directory`).
 
     ``dtype`` (e.g. ``torch.float16``) stores the weights at lower precision; loading casts back to float32.
     """
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        name: (tensor.to(dtype) if dtype is not None else tensor).detach().cpu().contiguous().clone()
-        for name, tensor in model.state_dict().items()
-    }
-    save_file(tensors, str(directory / SAFETENSORS_NAME), metadata={"format": "pt"})
-    # safetensors writes through a private temporary file (mode 0600); give the weights the mode every
-    # other file of the directory gets from the umask (0644 by default), so that others can read the model.
-    (directory / SAFETENSORS_NAME).chmod(0o666 & ~_umask())
-    model.config.to_json(directory / CONFIG_NAME)
-    tokenizer.save(directory)
-    if card is not None:
-        (directory / "README.md").write_text(card, encoding="utf-8")
-    return directory
+    tensors = {name: tensor.to(dtype) if dtype is not None else tensor for name, tensor in model.state_dict().items()}
+    with writing(directory) as written:
+        written.write_config(model.config)
+        written.write_weights(tensors)
+        written.write_tokenizer(tokenizer)
+        if card is not None:
+            written.write_card(card)
+    return Path(directory)

@@ -29,7 +29,10 @@ class Backend(Protocol):
     - ``logits`` returns float32 (B, ``config.num_labels``), row i for row i of the batch.
 
     Optional: ``hidden_states(ids, mask, layers)`` returns the float32 (B, T, D) hidden state of each of
-    ``layers`` (0 = embeddings ... ``n_layers``), for ``Classifier.embed`` and ``Classifier.hidden_states``.
+    ``layers`` (0 = embeddings ... ``n_layers``), for ``Classifier.embed`` and ``Classifier.hidden_states``;
+    ``logits_and_hidden_states(ids, mask, layers)`` returns ``(logits, hidden states)`` of one run of the
+    encoder, so that scores and embeddings asked for together cost one pass (both built-in backends have it;
+    ``Classifier`` prefers it to ``hidden_states``).
     """
 
     name: ClassVar[str]
@@ -96,6 +99,13 @@ class TorchBackend:
             states = self.model.distilbert(torch.from_numpy(ids), torch.from_numpy(mask))
         return [states[i].float().numpy() for i in layers]
 
+    def logits_and_hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> tuple[np.ndarray, list]:
+        """The encoder run once; the head reads its last state, as :meth:`logits` does."""
+        torch = self._torch
+        with torch.inference_mode():
+            logits, states = self.model.forward_with_hidden_states(torch.from_numpy(ids), torch.from_numpy(mask))
+        return logits.float().numpy(), [states[i].float().numpy() for i in layers]
+
 
 def require_onnxruntime():
     try:
@@ -142,6 +152,16 @@ class OnnxBackend:
     def hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> list[np.ndarray]:
         """From a second session over the same graph with the hidden states as outputs (see
         :func:`distilsent.runtime.onnx_graph.with_hidden_states`), made on first use: no torch needed."""
+        names = [hidden_state_name(i) for i in layers]
+        return self._hidden().run(names, {"input_ids": ids, "attention_mask": mask})
+
+    def logits_and_hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> tuple[np.ndarray, list]:
+        """The hidden-state session keeps ``logits`` among its outputs: one run gives both."""
+        names = ["logits", *(hidden_state_name(i) for i in layers)]
+        logits, *states = self._hidden().run(names, {"input_ids": ids, "attention_mask": mask})
+        return logits, states
+
+    def _hidden(self):
         with self._hidden_lock:
             if self._hidden_session is None:
                 import onnxruntime as ort
@@ -150,8 +170,7 @@ class OnnxBackend:
                 self._hidden_session = ort.InferenceSession(
                     model.SerializeToString(), self.options, providers=["CPUExecutionProvider"]
                 )
-        names = [hidden_state_name(i) for i in layers]
-        return self._hidden_session.run(names, {"input_ids": ids, "attention_mask": mask})
+        return self._hidden_session
 
 
 # Every backend by the name users pass (``Classifier.load(backend=...)``, ``--backend``); the first is the default.

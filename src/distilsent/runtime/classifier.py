@@ -1,7 +1,20 @@
 """``Classifier``: texts in, ``{"label", "score"}`` out, in the shapes of the Hugging Face pipeline.
 
-The work is a chain of steps, each a public method, so that offline use, the HTTP service and bulk
-scoring run the same code and differ only in how they feed it:
+Every caller (the library's ``clf(texts)`` and ``logits``, bulk scoring, evaluation, calibration, the
+distillation teacher, the export's parity check, embeddings) runs one chain, in three parts, so that they
+differ only in how they feed it (an async server runs ``prepare`` in a thread and awaits its batcher):
+
+    prepare(texts, reading) -> Job: the texts tokenized and read (cut, head+tail or windows): the sequences
+    runner(job.sequences)   -> logits: ``run`` (planned batches), a cross-request batcher, the teacher's cache
+    complete(job, logits)   -> Inference: scores per window and per text (windows aggregated by the reading)
+
+``infer(texts, reading)`` is the three together for synchronous callers, with a pluggable ``runner``, a
+progress observer (``(done, total)`` in sequences) and, with ``embeddings=``, each text's embedding from
+the same pass (one backend call per batch gives logits and the hidden state: ``run_embedded``). A text
+read as several windows gets the token-weighted mean of its windows' vectors. ``reading=None`` is the
+classifier's own (the model's, see :func:`model_reading`). ``clf(texts)`` is ``format(infer(texts).scores)``.
+
+Below the runner, the steps are public too:
 
     encode(texts)        -> token id lists with [CLS]/[SEP], cut to the model's length
     plan(lengths)        -> batches of indices under a size and padded-token budget (the one planner)
@@ -9,13 +22,10 @@ scoring run the same code and differ only in how they feed it:
     run(sequences)       -> plan + run_batch over any number of sequences, logits in input order
     scores(logits)       -> softmax / sigmoid / raw
     format(scores)       -> Hugging Face pipeline or TEI shapes
-
-``logits(texts)`` is ``run(encode(texts))`` and ``clf(texts)`` is ``format(scores(logits(texts)))``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -27,15 +37,14 @@ from ..model.checkpoint import default_model_dir, load_config, load_tokenizer, r
 from ..model.config import DistilBertConfig
 from ..model.tokenizer import Tokenizer
 from .backends import BACKENDS, Backend, check_batch
-from .embeddings import embed
+from .batching import plan_batches
+from .embeddings import Embeddings, embed, layer_index, normalize_rows, pool
+from .formats import LEGACY, format_results
+from .inference import Inference, Job, Observer, Runner
 from .long_text import Reading, WindowPlan, check_strategy
-from .long_text import aggregate as aggregate_windows
 from .long_text import read as read_windows
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
-STYLES = ("hf", "tei")
-_LEGACY = object()  # top_k not given: the pipeline's original one-best shape
-NEUTRAL = "NEUTRAL"  # the label of a binary prediction less sure than neutral_below
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,41 +54,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-# The fixed cost of one backend call, in tokens' worth of compute. It weighs fewer, fuller batches
-# against the padding that mixing lengths costs; a few dozen tokens is a call's overhead on a CPU.
-BATCH_OVERHEAD_TOKENS = 32
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> list[list[int]]:
-    """Indices of each batch, longest first: at most ``batch_size`` texts and ``max_batch_tokens`` padded
-    tokens per batch (a single text over the budget gets a batch of its own), cut to minimise padded
-    tokens plus ``BATCH_OVERHEAD_TOKENS`` per batch.
-
-    Over texts sorted by length the best cut is a small dynamic programme (at most ``batch_size`` steps
-    per text). Filling batches greedily instead pads thirty short sentences to the length of the one
-    paragraph that arrived with them. Measured in padded tokens + 32 per call, greedy filling cost 2.6x
-    this plan on 200 random server arrivals (1-64 SST-2 dev texts, some with 200-512-token paragraphs;
-    64 texts / 8,192 tokens) and 2.3% more on SST-2 dev (32 texts / 2,048 tokens). Planning costs about
-    9 us per text, well under 1% of inference.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    cost = [0.0] + [math.inf] * len(order)  # cost[end]: best cost of batching order[:end]
-    cut = [0] * (len(order) + 1)  # where the last batch of that best plan starts
-    for end in range(1, len(order) + 1):
-        for start in range(end - 1, max(-1, end - 1 - batch_size), -1):
-            size, width = end - start, lengths[order[start]]  # order[start] is the batch's longest
-            if size > 1 and size * width > max_batch_tokens:
-                break  # starting earlier only adds longer texts
-            total = cost[start] + BATCH_OVERHEAD_TOKENS + size * width
-            if total < cost[end]:
-                cost[end], cut[end] = total, start
-    batches, end = [], len(order)
-    while end:
-        batches.append(order[cut[end] : end])
-        end = cut[end]
-    return batches[::-1]
 
 
 class Classifier:
@@ -145,12 +119,12 @@ class Classifier:
         directory = resolve(path_or_id)
         config = load_config(directory)
         tokenizer = load_tokenizer(directory, config)
-        runner = BACKENDS[backend].load(directory, config, threads)
+        loaded = BACKENDS[backend].load(directory, config, threads)
         name = "distilsent-default" if directory == default_model_dir() else str(path_or_id)
         given = {k: v for k, v in options.items() if v is not None}
         if "long_text" not in given:  # the model's own reading, under whatever parts of one were given
             given = {**model_reading(config).options(), **given}
-        return cls(runner, tokenizer, config, name=name, **{k: v for k, v in given.items() if v is not None})
+        return cls(loaded, tokenizer, config, name=name, **{k: v for k, v in given.items() if v is not None})
 
     @property
     def reading(self) -> Reading:
@@ -185,11 +159,9 @@ class Classifier:
         """The sequences to run for ``texts`` under a ``long_text`` strategy (default: the classifier's):
         one per text for ``"truncate"`` (:meth:`encode`, so ``truncation=False`` still refuses long texts)
         and ``"head_tail"``, one per window of ``window`` tokens (default ``max_length``) every ``stride``
-        for ``"window"``."""
-        limit = min(max_length or self.max_length, self.config.max_position_embeddings)
-        return read_windows(self.tokenizer, texts, long_text or self.long_text, limit, stride=stride or self.stride,
-                            head=head if head is not None else self.head, window=window or self.window,
-                            truncation=truncation)
+        for ``"window"``. The arguments go over the classifier's reading one by one (see :meth:`prepare`)."""
+        reading = self.reading.override(long_text=long_text, stride=stride, head=head, window=window)
+        return self.prepare(texts, reading, truncation=truncation, max_length=max_length).windows
 
     def plan(
         self, lengths: Sequence[int], *, batch_size: int | None = None, max_batch_tokens: int | None = None
@@ -205,20 +177,36 @@ class Classifier:
         if not sequences:
             return np.empty((0, self.config.num_labels), dtype=np.float32)
         ids, mask = self._pad(sequences)
-        logits = self.backend.logits(ids, mask)
-        if logits.shape != (len(sequences), self.config.num_labels):
-            raise CheckpointError(
-                f"the {getattr(self.backend, 'name', 'custom')} backend returned logits of shape {logits.shape} "
-                f"for {len(sequences)} texts and {self.config.num_labels} labels"
-            )
-        return np.asarray(logits, dtype=np.float32)
+        return self._checked(self.backend.logits(ids, mask), len(sequences))
 
-    def run(self, sequences: Sequence[Sequence[int]], *, batch_size: int | None = None) -> np.ndarray:
-        """Logits (n, labels) float32 of any number of id lists, in input order, batched by :meth:`plan`."""
+    def run(
+        self, sequences: Sequence[Sequence[int]], *, batch_size: int | None = None, progress: Observer | None = None
+    ) -> np.ndarray:
+        """Logits (n, labels) float32 of any number of id lists, in input order, batched by :meth:`plan`:
+        the default runner of :meth:`infer`. ``progress(done, total)`` hears of each batch."""
         out = np.empty((len(sequences), self.config.num_labels), dtype=np.float32)
-        for batch in self.plan([len(s) for s in sequences], batch_size=batch_size):
+        for batch in self._batches(sequences, batch_size, progress):
             out[batch] = self.run_batch([sequences[i] for i in batch])
         return out
+
+    def _batches(self, sequences: Sequence[Sequence[int]], batch_size: int | None, progress: Observer | None):
+        """The planned batches' indices; ``progress`` hears ``(0, total)`` first, then of each batch done."""
+        done, total = 0, len(sequences)
+        if progress is not None:
+            progress(done, total)
+        for batch in self.plan([len(s) for s in sequences], batch_size=batch_size):
+            yield batch
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+
+    def _checked(self, logits: np.ndarray, rows: int) -> np.ndarray:
+        if logits.shape != (rows, self.config.num_labels):
+            raise CheckpointError(
+                f"the {getattr(self.backend, 'name', 'custom')} backend returned logits of shape {logits.shape} "
+                f"for {rows} texts and {self.config.num_labels} labels"
+            )
+        return np.asarray(logits, dtype=np.float32)
 
     # ------------------------------------------------------------------ representations (see embeddings.py)
 
@@ -227,11 +215,44 @@ class Classifier:
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """The float32 (B, T, D) hidden state of each of ``layers`` (0 = embeddings ... ``n_layers``) for
         one batch of id lists, padded on the right as in :meth:`run_batch`, and the batch's (B, T) mask."""
+        _, states, mask = self._forward(sequences, layers, with_logits=False)
+        return states, mask
+
+    def run_embedded(
+        self,
+        sequences: Sequence[Sequence[int]],
+        embeddings: Embeddings,
+        *,
+        batch_size: int | None = None,
+        progress: Observer | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Logits (n, labels) and pooled vectors (n, dim), float32, in input order, of any number of id
+        lists, from one backend call per batch of :meth:`plan`. The logits are None when the backend gives
+        hidden states only (no ``logits_and_hidden_states``): :meth:`infer` then runs them apart."""
+        index = layer_index(embeddings.layer, self.config.n_layers)
+        together = hasattr(self.backend, "logits_and_hidden_states")
+        logits = np.empty((len(sequences), self.config.num_labels), dtype=np.float32) if together else None
+        vectors = np.empty((len(sequences), self.config.dim), dtype=np.float32)
+        for batch in self._batches(sequences, batch_size, progress):
+            batch_logits, (hidden,), mask = self._forward([sequences[i] for i in batch], (index,), together)
+            vectors[batch] = pool(hidden, mask, embeddings.pooling)
+            if together:
+                logits[batch] = batch_logits
+        return logits, vectors
+
+    def _forward(
+        self, sequences: Sequence[Sequence[int]], layers: Sequence[int], with_logits: bool
+    ) -> tuple[np.ndarray | None, list[np.ndarray], np.ndarray]:
+        """One padded batch through the encoder: (logits or None, the hidden states of ``layers``, mask)."""
+        together = getattr(self.backend, "logits_and_hidden_states", None) if with_logits else None
         hidden_states = getattr(self.backend, "hidden_states", None)
-        if hidden_states is None:
+        if together is None and hidden_states is None:
             raise InputError(f"the {getattr(self.backend, 'name', 'custom')} backend does not give hidden states")
         ids, mask = self._pad(sequences)
-        return [np.asarray(h, dtype=np.float32) for h in hidden_states(ids, mask, list(layers))], mask
+        if together is None:
+            return None, [np.asarray(h, dtype=np.float32) for h in hidden_states(ids, mask, list(layers))], mask
+        logits, states = together(ids, mask, list(layers))
+        return self._checked(logits, len(sequences)), [np.asarray(h, dtype=np.float32) for h in states], mask
 
     def _pad(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(B, T) ids and mask padded on the right, checked against the backend contract."""
@@ -254,7 +275,8 @@ class Classifier:
 
         ``pooling``: ``"cls"`` (the first token, what the head reads) or ``"mean"`` (over real tokens);
         ``layer``: which of the ``n_layers + 1`` hidden states (0 = embeddings, -1 = the last block);
-        ``normalize``: unit L2 length (cosine similarity becomes a dot product).
+        ``normalize``: unit L2 length (cosine similarity becomes a dot product). For embeddings with the
+        scores, in one pass and under any reading, see :meth:`infer`.
         """
         texts = [texts] if isinstance(texts, str) else texts
         return embed(self, texts, pooling=pooling, layer=layer, normalize=normalize, truncation=truncation,
@@ -295,43 +317,106 @@ class Classifier:
         scores: np.ndarray,
         *,
         style: Literal["hf", "tei"] = "hf",
-        top_k: Any = _LEGACY,
+        top_k: Any = LEGACY,
         single: bool = False,
         neutral_below: float | None = None,
     ) -> list:
-        """Scores (n, labels) as the Hugging Face pipeline (``style="hf"``, see :func:`format_scores`) or
-        Text Embeddings Inference (``style="tei"``: every label best first as ``{"score", "label"}``, one
-        list per text, or that list itself when ``single``) returns them.
-
-        ``neutral_below`` (binary models, one-best answers): a text whose best score is below it gets the
-        label ``NEUTRAL``, with that best score."""
-        if neutral_below is not None:
-            return self._neutral(self.format(scores, style=style, top_k=top_k, single=single), neutral_below,
-                                 style, top_k)
-        if style == "hf":
-            return format_scores(scores, self.labels, top_k, single)
-        if style != "tei":
-            raise InputError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
-        if top_k is not _LEGACY:
-            raise InputError("top_k is a Hugging Face parameter; TEI returns every label")
-        ranked = format_scores(scores, self.labels, None)
-        tei = [[{"score": d["score"], "label": d["label"]} for d in row] for row in ranked]  # TEI's key order
-        return tei[0] if single else tei
-
-    def _neutral(self, results: list, threshold: float, style: str, top_k: Any) -> list:
-        if len(self.labels) != 2:
-            raise InputError(f"neutral_below is for binary models; this one has {len(self.labels)} labels")
-        if style != "hf" or top_k not in (_LEGACY, 1):
-            raise InputError("neutral_below answers one label per text: use it without top_k (or top_k=1)")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-            raise InputError(f"neutral_below must be a probability between 0 and 1, got {threshold!r}")
-        for result in results:
-            best = result if isinstance(result, dict) else result[0]
-            if best["score"] < threshold:
-                best["label"] = NEUTRAL
-        return results
+        """Scores (n, labels) as the Hugging Face pipeline or Text Embeddings Inference returns them, with
+        ``NEUTRAL`` below ``neutral_below`` (see :func:`distilsent.runtime.formats.format_results`)."""
+        return format_results(scores, self.labels, style=style, top_k=top_k, single=single,
+                              neutral_below=neutral_below)
 
     # ------------------------------------------------------------------ the whole chain
+
+    def prepare(
+        self,
+        texts: Sequence[str],
+        reading: Reading | None = None,
+        *,
+        truncation: bool = True,
+        max_length: int | None = None,
+        embeddings: str | Embeddings | None = None,
+        window_limit: int | None = None,
+    ) -> Job:
+        """The :class:`~distilsent.runtime.inference.Job` of ``texts`` read as ``reading`` (None: the
+        classifier's own): tokenized and cut to ``max_length`` (default: the model's) tokens per sequence,
+        one sequence per text, or one per window. Runs no model; thread-safe.
+
+        ``truncation=False`` refuses (:class:`InputError`) a text over ``max_length`` under ``"truncate"``;
+        ``window_limit`` refuses (:class:`~distilsent.errors.WindowLimitError`) texts that ``"window"`` would
+        read as more windows than that in all (counting only texts read as several), told from token counts
+        before any window is built. ``embeddings`` (a pooling name or :class:`Embeddings`) are asked for
+        with the scores."""
+        reading = self.reading if reading is None else reading
+        wanted = Embeddings.of(embeddings)
+        if wanted is not None:
+            layer_index(wanted.layer, self.config.n_layers)  # a bad layer is told before any work
+        limit = min(max_length or self.max_length, self.config.max_position_embeddings)
+        windows = read_windows(self.tokenizer, texts, reading.long_text, limit, stride=reading.stride,
+                               head=reading.head, window=reading.window, truncation=truncation,
+                               window_limit=window_limit)
+        return Job(len(texts), reading, windows, wanted)
+
+    def complete(
+        self, job: Job, logits: np.ndarray, function_to_apply: str | None = None, *, vectors: np.ndarray | None = None
+    ) -> Inference:
+        """The :class:`~distilsent.runtime.inference.Inference` of a job from its sequences' ``logits``
+        (and pooled ``vectors``, when its embeddings were asked for): scores by ``function_to_apply``
+        (default: the model's), a text's windows combined by its reading's aggregation (its embedding:
+        their token-weighted mean)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.shape != (len(job.sequences), self.config.num_labels):
+            raise InputError(f"the runner returned logits of shape {logits.shape} for {len(job.sequences)} "
+                             f"sequences and {self.config.num_labels} labels")
+        window_scores = self.scores(logits, function_to_apply)
+        embeddings = None
+        if job.embeddings is not None:
+            if vectors is None:
+                raise InputError("the job asks for embeddings: pass each sequence's vector with its logits")
+            embeddings = job.per_text(vectors)
+            embeddings = normalize_rows(embeddings) if job.embeddings.normalize else embeddings
+        return Inference(job.per_text(window_scores, job.reading.aggregate), job.reading, job.windows, logits,
+                         window_scores, embeddings)
+
+    def infer(
+        self,
+        texts: Sequence[str],
+        reading: Reading | None = None,
+        *,
+        runner: Runner | None = None,
+        progress: Observer | None = None,
+        embeddings: str | Embeddings | None = None,
+        function_to_apply: str | None = None,
+        truncation: bool = True,
+        max_length: int | None = None,
+        batch_size: int | None = None,
+    ) -> Inference:
+        """:meth:`prepare`, the ``runner`` (default: :meth:`run`, the planned batches of ``batch_size``),
+        :meth:`complete`: scores (and ``embeddings``, a pooling name or :class:`Embeddings`, from the same
+        backend calls) of ``texts`` read as ``reading`` (None: the classifier's own).
+
+        ``progress(done, total)`` hears of the sequences run: ``(0, total)`` first, then after each batch
+        (after the runner returns, for a ``runner`` of the caller's). Embeddings come from the classifier's
+        own batches, so they take no ``runner``."""
+        if function_to_apply is not None and function_to_apply not in FUNCTIONS:
+            raise InputError(f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function_to_apply!r}")
+        if embeddings is not None and runner is not None:
+            raise InputError("embeddings come from the classifier's own batches: ask for them without a runner")
+        job = self.prepare(texts, reading, truncation=truncation, max_length=max_length, embeddings=embeddings)
+        sequences, vectors = job.sequences, None
+        if job.embeddings is not None:
+            logits, vectors = self.run_embedded(sequences, job.embeddings, batch_size=batch_size, progress=progress)
+            if logits is None:  # a backend without logits_and_hidden_states: a second pass
+                logits = self.run(sequences, batch_size=batch_size)
+        elif runner is None:
+            logits = self.run(sequences, batch_size=batch_size, progress=progress)
+        else:
+            if progress is not None:
+                progress(0, len(sequences))
+            logits = runner(sequences)
+            if progress is not None:
+                progress(len(sequences), len(sequences))
+        return self.complete(job, logits, function_to_apply, vectors=vectors)
 
     def logits(
         self,
@@ -351,19 +436,19 @@ class Classifier:
         With several windows per text (``long_text="window"``) there is no single logit vector: a text gets
         the log of its aggregated softmax probabilities, so that ``softmax`` of it gives them back.
         """
-        window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
-                                   max_length=max_length, window=window)
-        logits = self.run(window_plan.sequences, batch_size=batch_size)
-        if len(window_plan.sequences) == len(texts):  # one sequence per text: its logits are the text's
-            return logits
-        probs = aggregate_windows(softmax(logits), window_plan, len(texts), aggregate or self.aggregate)
-        return np.log(np.maximum(probs, np.finfo(np.float32).tiny)).astype(np.float32)
+        reading = self.reading.override(long_text=long_text, window=window, stride=stride, head=head,
+                                        aggregate=aggregate)
+        result = self.infer(texts, reading, function_to_apply="softmax", truncation=truncation,
+                            max_length=max_length, batch_size=batch_size)
+        if result.one_each:  # one sequence per text: its logits are the text's
+            return result.window_logits
+        return np.log(np.maximum(result.scores, np.finfo(np.float32).tiny)).astype(np.float32)
 
     def __call__(
         self,
         inputs: str | Sequence[str],
         *,
-        top_k: Any = _LEGACY,
+        top_k: Any = LEGACY,
         function_to_apply: str | None = None,
         truncation: bool = True,
         max_length: int | None = None,
@@ -385,36 +470,25 @@ class Classifier:
           ``head`` and the last ``max_length - 2 - head`` tokens) or ``"window"`` (every window of
           ``window`` tokens, default ``max_length``, one every ``stride`` tokens, scores aggregated per
           text by ``aggregate``: ``"mean"`` weighted by window tokens, or ``"max"``, the most confident
-          window); see
-          :mod:`distilsent.runtime.long_text`. Defaults: the classifier's (``truncate``).
+          window); see :mod:`distilsent.runtime.long_text`. Each goes over the classifier's reading
+          (:attr:`reading`, the model's own unless it was loaded with another); :meth:`infer` takes a whole
+          :class:`Reading` instead.
         - ``neutral_below=p`` (binary models): the label is ``NEUTRAL`` when the best score is below ``p``.
         - ``return_windows=True``: ``(results, windows)``, ``windows[i]`` listing text i's sequences as
           ``{"start", "tokens", "label", "score"}`` (``start``: offset of the first token in the text).
         """
-        if top_k is not _LEGACY and top_k is not None:
+        if top_k is not LEGACY and top_k is not None:
             if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
                 raise InputError(f"top_k must be a positive integer or None, got {top_k!r}")
-        if function_to_apply is not None and function_to_apply not in FUNCTIONS:
-            raise InputError(f"function_to_apply must be one of {', '.join(FUNCTIONS)}, got {function_to_apply!r}")
         single = isinstance(inputs, str)
         if not single and not isinstance(inputs, (list, tuple)):
             raise InputError(f"inputs must be a string or a list of strings, got {type(inputs).__name__}")
-        texts = [inputs] if single else list(inputs)
-        check_strategy(long_text or self.long_text, aggregate or self.aggregate)
-        window_plan = self.windows(texts, long_text=long_text, stride=stride, head=head, truncation=truncation,
-                                   max_length=max_length, window=window)
-        window_scores = self.scores(self.run(window_plan.sequences, batch_size=batch_size), function_to_apply)
-        scores = aggregate_windows(window_scores, window_plan, len(texts), aggregate or self.aggregate)
-        results = self.format(scores, top_k=top_k, single=single, neutral_below=neutral_below)
-        if not return_windows:
-            return results
-        windows: list[list[dict]] = [[] for _ in texts]
-        for sequence, owner, start, row in zip(window_plan.sequences, window_plan.owner, window_plan.starts,
-                                               window_scores):
-            best = int(row.argmax())
-            windows[owner].append({"start": int(start), "tokens": len(sequence) - 2, "label": self.labels[best],
-                                   "score": row[best].item()})
-        return results, windows
+        reading = self.reading.override(long_text=long_text, window=window, stride=stride, head=head,
+                                        aggregate=aggregate)
+        result = self.infer([inputs] if single else list(inputs), reading, function_to_apply=function_to_apply,
+                            truncation=truncation, max_length=max_length, batch_size=batch_size)
+        results = self.format(result.scores, top_k=top_k, single=single, neutral_below=neutral_below)
+        return (results, result.window_results(self.labels)) if return_windows else results
 
 
 def model_reading(config: DistilBertConfig) -> Reading:
@@ -422,21 +496,3 @@ def model_reading(config: DistilBertConfig) -> Reading:
     truncation for a model that carries none."""
     data = config.distilsent.get("reading")
     return Reading() if data is None else Reading.from_dict(data)
-
-
-def format_scores(scores: np.ndarray, labels: Sequence[str], top_k: Any = _LEGACY, single: bool = False) -> list:
-    """Scores (n, labels) in the pipeline's shapes: the one best label per text when ``top_k`` is not
-    given, else every label (``None``) or the ``top_k`` best, sorted by score (a stable sort: ties keep
-    label order), one list per text, or that list itself for a single text."""
-    if top_k is _LEGACY:
-        best = scores.argmax(axis=-1)
-        return [{"label": labels[b], "score": row[b].item()} for row, b in zip(scores, best)]
-    results = []
-    for row in scores:
-        ranked = sorted(
-            ({"label": labels[i], "score": s.item()} for i, s in enumerate(row)),
-            key=lambda d: d["score"],
-            reverse=True,
-        )
-        results.append(ranked if top_k is None else ranked[:top_k])
-    return results[0] if single else results

@@ -1,28 +1,58 @@
 """Sentence embeddings and hidden states of a classifier's encoder, and writing them to files.
 
-Texts go through the same steps as classification (``Classifier.encode`` and the one batch planner,
-``Classifier.plan``), but each batch asks the backend for hidden states instead of logits. Hidden state 0
-is the embedding layer's output, state i the output of block i (``n_layers + 1`` in all, as
+Texts go through the same chain as classification (``Classifier.prepare`` and the one batch planner), but
+each batch asks the backend for a hidden state with its logits (``Classifier.run_embedded``), so scores
+and embeddings asked for together cost one pass (``Classifier.infer(..., embeddings=...)``). Hidden state
+0 is the embedding layer's output, state i the output of block i (``n_layers + 1`` in all, as
 ``transformers``' ``output_hidden_states``). Pooling turns a (B, T, D) state into (B, D):
 
 - ``"cls"``: the first token's vector, what the classification head reads;
 - ``"mean"``: the mean over the real tokens ([CLS] and [SEP] included, padding excluded), as
   sentence-transformers pools all-MiniLM-L6-v2.
+
+A text read as several windows gets the mean of its windows' vectors weighted by the tokens each window
+holds (as ``aggregate="mean"`` weighs their scores), then, with ``normalize``, unit length.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
-from ..progress import Progress
+from ..progress import ProgressBar
+from .long_text import Reading
 
 POOLINGS = ("cls", "mean")
 FORMATS = ("npy", "parquet")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The embedding computed for each text in the pass that scores it (``Classifier.infer(embeddings=...)``):
+    ``pooling`` of hidden state ``layer`` (0 = embeddings ... ``n_layers``, negative from the end), of unit
+    length when ``normalize``."""
+
+    pooling: str = "cls"
+    layer: int = -1
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+
+    @classmethod
+    def of(cls, value: "str | Embeddings | None") -> "Embeddings | None":
+        """``value`` as embeddings to compute: a pooling name is that pooling of the last layer."""
+        if value is None or isinstance(value, Embeddings):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        raise InputError(f"embeddings must be a pooling name or an Embeddings, got {value!r}")
 
 
 def layer_index(layer: int, n_layers: int) -> int:
@@ -62,18 +92,15 @@ def embed(
     progress: bool = False,
 ) -> np.ndarray:
     """One float32 vector (n, dim) per text, in input order; see :meth:`distilsent.Classifier.embed`.
-    ``progress`` shows the texts done on stderr (see :mod:`distilsent.progress`)."""
-    if pooling not in POOLINGS:
-        raise InputError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    index = layer_index(layer, classifier.config.n_layers)
-    sequences = classifier.encode(texts, truncation=truncation, max_length=max_length)
-    out = np.empty((len(sequences), classifier.config.dim), dtype=np.float32)
-    with Progress(len(sequences), desc="embed", unit="text", enabled=progress) as bar:
-        for batch in classifier.plan([len(s) for s in sequences], batch_size=batch_size):
-            (hidden,), mask = classifier.run_hidden([sequences[i] for i in batch], (index,))
-            out[batch] = pool(hidden, mask, pooling)
-            bar.update(len(batch))
-    return normalize_rows(out) if normalize else out
+    ``progress`` shows the texts done on stderr (see :mod:`distilsent.progress`).
+
+    The texts' first ``max_length`` tokens (or the model's) are read, one sequence each, and no scores are
+    asked for: a backend that gives hidden states without logits runs once per batch all the same."""
+    wanted = Embeddings(pooling, layer, normalize)
+    job = classifier.prepare(texts, Reading(), truncation=truncation, max_length=max_length, embeddings=wanted)
+    with ProgressBar("embed", unit="text", enabled=progress) as bar:
+        vectors = classifier.run_embedded(job.sequences, wanted, batch_size=batch_size, progress=bar)[1]
+    return normalize_rows(vectors) if normalize else vectors
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -105,4 +132,4 @@ def write_embeddings(vectors: np.ndarray, path: str | os.PathLike, texts: Sequen
     return path
 
 
-__all__ = ["POOLINGS", "embed", "layer_index", "normalize_rows", "pool", "write_embeddings"]
+__all__ = ["POOLINGS", "Embeddings", "embed", "layer_index", "normalize_rows", "pool", "write_embeddings"]

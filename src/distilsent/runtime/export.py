@@ -6,7 +6,6 @@ The graph itself (built from the weights, int8, the cache) is :mod:`distilsent.r
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +13,10 @@ import numpy as np
 
 from ..errors import InputError, MissingDependencyError
 from ..model.checkpoint import load_config, resolve
-from ..progress import Progress
+from ..model.directory import writing
+from ..progress import ProgressBar
 from .classifier import Classifier
+from .long_text import Reading
 from .onnx_graph import ONNX_NAME, write_onnx
 
 # Compared with the PyTorch model when no labelled file is given: short, long, mixed, odd.
@@ -33,8 +34,6 @@ PARITY_TEXTS = (
     "meh",
     "I laughed, I cried, I left the theatre a better person.",
 )
-# Files copied from a checkpoint into an export so that the directory loads on its own.
-COPIED_NAMES = ("config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,13 @@ class Parity:
 
 def parity(reference, candidate, texts: list[str], labels: list[int] | None = None, *,
            progress: bool = False) -> Parity:
-    """Compare two classifiers' logits on ``texts`` (and their accuracy when ``labels`` are given).
+    """Compare two classifiers' logits on ``texts``, each text's first tokens (and their accuracy when
+    ``labels`` are given).
 
     ``progress`` shows the texts done by both on stderr: the PyTorch reference on a dev set takes a while.
     """
-    want, got = (np.empty((len(texts), c.config.num_labels), dtype=np.float32) for c in (reference, candidate))
-    with Progress(2 * len(texts), desc="parity", unit="text", enabled=progress) as bar:
-        for classifier, out in ((reference, want), (candidate, got)):
-            sequences = classifier.encode(texts)
-            for batch in classifier.plan([len(s) for s in sequences]):
-                out[batch] = classifier.run_batch([sequences[i] for i in batch])
-                bar.update(len(batch))
+    with ProgressBar("parity", unit="text", enabled=progress, total=2 * len(texts)) as bar:
+        want, got = (c.infer(texts, Reading(), progress=bar).window_logits for c in (reference, candidate))
     agree = want.argmax(-1) == got.argmax(-1)
     accuracies = {}
     if labels is not None:
@@ -97,29 +92,29 @@ def export(
 
     With ``texts`` the export is compared with the PyTorch model on them and the result is returned and
     written into the card; without torch installed that comparison is skipped and ``None`` returned.
-    ``progress`` shows that comparison's progress on stderr.
+    ``progress`` shows that comparison's progress on stderr. A model already in ``out_dir`` is replaced (see
+    :mod:`distilsent.model.directory`); the source itself cannot be.
     """
     directory = resolve(path_or_id)
     config = load_config(directory)
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output directory {out} ({e.strerror or e})") from None
-    write_onnx(directory, config, out / ONNX_NAME, int8=int8)
-    for name in COPIED_NAMES:
-        if (directory / name).is_file():
-            shutil.copyfile(directory / name, out / name)
-    result = None
-    if texts:
-        try:
-            reference = Classifier.load(directory, backend="torch")
-        except MissingDependencyError:
-            reference = None  # exporting needs no torch; only this comparison does
-        if reference is not None:
-            result = parity(reference, Classifier.load(out, backend="onnx"), texts, labels, progress=progress)
-    source_card = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
-    (out / "README.md").write_text(export_card(source_card, directory.name, int8=int8, parity=result), encoding="utf-8")
+    if Path(out_dir).resolve() == directory.resolve():
+        raise InputError(f"the export must go to a new directory, not over its source {directory}")
+    with writing(out_dir) as written:  # the parity check below loads the export before it is moved into place
+        write_onnx(directory, config, written.path / ONNX_NAME, int8=int8)
+        written.write_config(config)
+        written.carry_tokenizer(directory)
+        result = None
+        if texts:
+            try:
+                reference = Classifier.load(directory, backend="torch")
+            except MissingDependencyError:
+                reference = None  # exporting needs no torch; only this comparison does
+            if reference is not None:
+                exported = Classifier.load(written.path, backend="onnx")
+                result = parity(reference, exported, texts, labels, progress=progress)
+        card_path = directory / "README.md"
+        source_card = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+        written.write_card(export_card(source_card, directory.name, int8=int8, parity=result))
     return result
 
 

@@ -23,12 +23,13 @@ Everything here works on token id lists that start with ``[CLS]`` and end with `
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, WindowLimitError
 
 STRATEGIES = ("truncate", "head_tail", "window")
 AGGREGATIONS = ("mean", "max")
@@ -61,6 +62,11 @@ class Reading:
                 raise InputError(f"{name} must be a whole number of tokens, got {value!r}")
         if self.window is not None and self.window < 3:
             raise InputError(f"window must leave room for [CLS], a token and [SEP], got {self.window}")
+
+    def override(self, **parts) -> "Reading":
+        """This reading with the ``parts`` that are given (not None) in its place: how a call's ``long_text``,
+        ``window``, ``stride``, ``head`` and ``aggregate`` go over a classifier's reading, one by one."""
+        return dataclasses.replace(self, **{k: v for k, v in parts.items() if v is not None})
 
     def options(self) -> dict:
         """The ``Classifier`` keyword arguments of this reading."""
@@ -194,6 +200,20 @@ def window_token_limit(max_windows: int, max_length: int, *, stride: int | None 
     return width + (max_windows - 1) * step + 2
 
 
+def count_windows(lengths: Sequence[int], max_length: int, *, stride: int | None = None,
+                  window: int | None = None) -> int:
+    """How many windows :func:`plan` makes of the texts with these token counts (``[CLS]`` and ``[SEP]``
+    included) that it reads as more than one, counted without building them."""
+    width, step = _window_shape(max_length, stride, window)
+    total = 0
+    for length in lengths:
+        content = length - 2
+        if content > width:
+            starts = (content - width) // step + 1
+            total += starts + ((starts - 1) * step + width < content)  # the last window, aligned to the end
+    return total
+
+
 def over_window_limit(tokenizer, texts: Sequence[str], max_windows: int, max_length: int, *,
                       stride: int | None = None, window: int | None = None) -> list[int]:
     """Indices of the ``texts`` that ``"window"`` reading would cut into more than ``max_windows`` windows.
@@ -206,13 +226,22 @@ def over_window_limit(tokenizer, texts: Sequence[str], max_windows: int, max_len
 
 
 def read(tokenizer, texts: Sequence[str], strategy: str, max_length: int, *, stride: int | None = None,
-         head: int | None = None, window: int | None = None, truncation: bool = True) -> WindowPlan:
+         head: int | None = None, window: int | None = None, truncation: bool = True,
+         window_limit: int | None = None) -> WindowPlan:
     """Tokenize ``texts`` and :func:`plan` them: ``"truncate"`` reads a bounded prefix of each text (and with
-    ``truncation=False`` refuses a longer one), the other strategies need every token of it."""
+    ``truncation=False`` refuses a longer one), the other strategies need every token of it.
+
+    ``window_limit``: with ``"window"``, the most windows the texts read as several may make in all; more is
+    a :class:`~distilsent.errors.WindowLimitError`, raised before any window is built."""
     check_strategy(strategy)
     if strategy == "truncate":
         return WindowPlan.one_each(tokenizer.encode(texts, max_length, truncation))
-    return plan(tokenizer.encode(texts, UNLIMITED), strategy, max_length, stride=stride, head=head, window=window)
+    ids = tokenizer.encode(texts, UNLIMITED)
+    if window_limit is not None and strategy == "window":
+        windows = count_windows([len(s) for s in ids], max_length, stride=stride, window=window)
+        if windows > window_limit:
+            raise WindowLimitError(windows, window_limit)
+    return plan(ids, strategy, max_length, stride=stride, head=head, window=window)
 
 
 def aggregate(scores: np.ndarray, window_plan: WindowPlan, n_texts: int, how: str = "mean") -> np.ndarray:

@@ -85,8 +85,8 @@ from ..model.checkpoint import (
     load_state_dict,
 )
 from ..model.config import DistilBertConfig
+from ..model.directory import ONNX_NAME
 
-ONNX_NAME = "model.onnx"
 SOURCE_NAME = "source.txt"  # beside a cached graph: the checkpoint it was built from, for `distilsent cache list`
 # Bump when the graph layout changes, so that stale cached graphs are rebuilt rather than reused.
 GRAPH_VERSION = "1"
@@ -173,28 +173,31 @@ def int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(w / scale).astype(np.int8), scale.astype(np.float32)
 
 
-def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray], int8: bool = False):
-    """The fused ``onnx.ModelProto`` of a DistilBERT classifier, float32 or int8 (see the module docstring)."""
-    require_onnx()
-    from onnx import TensorProto, helper, numpy_helper
+class GraphParts:
+    """The nodes and initializers of a graph being built, and its products: float32, or int8 (module docstring)."""
 
-    initializers = []
-    nodes = []
+    def __init__(self, int8: bool):
+        self.int8 = int8
+        self.initializers = []
+        self.nodes = []
+        self.quantized = {}  # float tensor -> its int8 rows and their scales, made once for every product reading it
 
-    def weight(name: str, array: np.ndarray, dtype=np.float32) -> str:
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name))
+    def weight(self, name: str, array: np.ndarray, dtype=np.float32) -> str:
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=dtype), name))
         return name
 
-    def node(op: str, inputs: list[str], outputs: list[str], microsoft: bool = False, **attrs) -> None:
+    def node(self, op: str, inputs: list[str], outputs: list[str], microsoft: bool = False, **attrs) -> None:
+        from onnx import helper
+
         domain = "com.microsoft" if microsoft else ""
-        nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], domain=domain, **attrs))
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], domain=domain, **attrs))
 
-    quantized = {}  # float tensor -> its int8 rows and their scales, made once for every product that reads it
-
-    def token_rows(x: str) -> tuple[str, str]:
+    def token_rows(self, x: str) -> tuple[str, str]:
         """x (B, T, width) as uint8 rows (B*T, width), one symmetric scale per token: max |x| / 127 over its row."""
-        if x not in quantized:
-            rows = f"{x}_rows"
+        if x not in self.quantized:
+            node, rows = self.node, f"{x}_rows"
             node("Flatten", [x], [rows], axis=-1)
             # max |x| as max(max, -min): two reads of x, cheaper than writing |x| out first
             node("ReduceMax", [rows], [f"{rows}_max"], axes=[1], keepdims=0)
@@ -205,88 +208,105 @@ def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray], int8: 
             node("Div", [f"{rows}_abs_max", "row_range"], [f"{rows}_scale"])
             node("QuantizeLinear", [rows, f"{rows}_scale", "row_zero_points"], [f"{rows}_quantized"], axis=0)
             node("Unsqueeze", [f"{rows}_scale", "second_axis"], [f"{rows}_scale_column"])  # (B*T, 1)
-            quantized[x] = f"{rows}_quantized", f"{rows}_scale_column"
-        return quantized[x]
+            self.quantized[x] = f"{rows}_quantized", f"{rows}_scale_column"
+        return self.quantized[x]
 
-    def linear(x: str, name: str, w: np.ndarray, out: str) -> None:
+    def linear(self, x: str, name: str, w: np.ndarray, out: str) -> None:
         """out = x @ w, w as (in, out): a float32 MatMul, or in the int8 graph an exact integer product of x's
         int8 rows and w's int8 columns, scaled back by the row's and the column's scale."""
-        if not int8:
-            node("MatMul", [x, weight(name, w)], [out])
+        if not self.int8:
+            self.node("MatMul", [x, self.weight(name, w)], [out])
             return
-        rows, row_scales = token_rows(x)
+        rows, row_scales = self.token_rows(x)
         w_int8, column_scales = int8_columns(w)
-        node("MatMulIntegerToFloat",
-             [rows, weight(f"{name}_quantized", w_int8, np.int8), row_scales, weight(f"{name}_scale", column_scales),
-              "zero_point"],
-             [f"{out}_rows"], microsoft=True)
+        self.node("MatMulIntegerToFloat",
+                  [rows, self.weight(f"{name}_quantized", w_int8, np.int8), row_scales,
+                   self.weight(f"{name}_scale", column_scales), "zero_point"],
+                  [f"{out}_rows"], microsoft=True)
         # Back to (B, T, width) for the fused ops: under onnxruntime 1.17, 2-D rows into SkipLayerNormalization
         # overwrote other tensors.
-        node("Reshape", [f"{out}_rows", "token_shape"], [out])
+        self.node("Reshape", [f"{out}_rows", "token_shape"], [out])
 
-    t = tensors
+
+def add_embeddings(g: GraphParts, t: dict[str, np.ndarray]) -> str:
+    """input_ids, attention_mask -> hidden_0 (B, T, D) and lengths (B,); the int8 graph's shared constants."""
+    from onnx import TensorProto, numpy_helper
+
     e = "distilbert.embeddings."
     # The fused ops take int32 ids and mask; the graph keeps the int64 interface of Hugging Face exports.
-    node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32)
-    node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32)
-    node(
+    g.node("Cast", ["input_ids"], ["ids32"], to=TensorProto.INT32)
+    g.node("Cast", ["attention_mask"], ["mask32"], to=TensorProto.INT32)
+    g.node(
         "EmbedLayerNormalization",
-        ["ids32", "", weight("word_embeddings", t[e + "word_embeddings.weight"]),
-         weight("position_embeddings", t[e + "position_embeddings.weight"]), "",
-         weight("embeddings_ln_gamma", t[e + "LayerNorm.weight"]),
-         weight("embeddings_ln_beta", t[e + "LayerNorm.bias"]), "mask32"],
+        ["ids32", "", g.weight("word_embeddings", t[e + "word_embeddings.weight"]),
+         g.weight("position_embeddings", t[e + "position_embeddings.weight"]), "",
+         g.weight("embeddings_ln_gamma", t[e + "LayerNorm.weight"]),
+         g.weight("embeddings_ln_beta", t[e + "LayerNorm.bias"]), "mask32"],
         ["hidden_0", "lengths"],  # lengths: real tokens per row, the Attention mask for right padding
         microsoft=True,
         epsilon=LAYER_NORM_EPS,
     )
-    if int8:
+    if g.int8:
         # Shapes and constants of every quantized product. A row is one token; uint8 rows around 128 keep
         # ONNX Runtime's u8 x s8 kernels (see the module docstring).
-        node("Shape", ["hidden_0"], ["batch_sequence"], end=2)
-        node("Concat", ["batch_sequence", weight("any_width", np.array([-1]), np.int64)], ["token_shape"], axis=0)
-        node("ReduceProd", ["batch_sequence"], ["token_count"], keepdims=1)
-        node("ConstantOfShape", ["token_count"], ["row_zero_points"],
-             value=numpy_helper.from_array(np.array([ROW_ZERO_POINT], dtype=np.uint8)))
-        weight("zero_point", np.array(ROW_ZERO_POINT), np.uint8)
-        weight("row_range", np.array(ROW_MAX))
-        weight("second_axis", np.array([1]), np.int64)
-    x = "hidden_0"
-    for i in range(config.n_layers):
-        p = f"distilbert.transformer.layer.{i}."
-        a = p + "attention."
-        # torch Linear stores (out, in); MatMul wants (in, out), and the three projections side by side.
-        qkv = np.concatenate([t[a + f"{n}.weight"].T for n in ("q_lin", "k_lin", "v_lin")], axis=1)  # (D, 3D)
-        qkv_bias = np.concatenate([t[a + f"{n}.bias"] for n in ("q_lin", "k_lin", "v_lin")])  # (3D,)
-        if int8:
-            # The fused Attention op would quantize its input with one scale for the whole batch: here the
-            # projection is an int8 product like the others, and the attention itself float32.
-            linear(x, f"l{i}.qkv", qkv, f"l{i}.qkv")
-            node("Split", [f"l{i}.qkv"], [f"l{i}.q", f"l{i}.k", f"l{i}.v"], axis=2)
-            node("MultiHeadAttention", [f"l{i}.q", f"l{i}.k", f"l{i}.v", weight(f"l{i}.qkv_bias", qkv_bias), "lengths"],
-                 [f"l{i}.context"], microsoft=True, num_heads=config.n_heads)
-        else:
-            node("Attention", [x, weight(f"l{i}.qkv", qkv), weight(f"l{i}.qkv_bias", qkv_bias), "lengths"],
-                 [f"l{i}.context"], microsoft=True, num_heads=config.n_heads)
-        linear(f"l{i}.context", f"l{i}.out", t[a + "out_lin.weight"].T, f"l{i}.attn_out")
-        node("SkipLayerNormalization",
-             [f"l{i}.attn_out", x, weight(f"l{i}.sa_ln_gamma", t[p + "sa_layer_norm.weight"]),
-              weight(f"l{i}.sa_ln_beta", t[p + "sa_layer_norm.bias"]), weight(f"l{i}.out_bias", t[a + "out_lin.bias"])],
-             [f"l{i}.sa"], microsoft=True, epsilon=LAYER_NORM_EPS)
-        linear(f"l{i}.sa", f"l{i}.lin1", t[p + "ffn.lin1.weight"].T, f"l{i}.ffn_in")
-        if config.activation == "gelu":
-            node("BiasGelu", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.act"],
-                 microsoft=True)
-        else:
-            node("Add", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.ffn_biased"])
-            node("Relu", [f"l{i}.ffn_biased"], [f"l{i}.act"])
-        linear(f"l{i}.act", f"l{i}.lin2", t[p + "ffn.lin2.weight"].T, f"l{i}.ffn_out")
-        node("SkipLayerNormalization",
-             [f"l{i}.ffn_out", f"l{i}.sa", weight(f"l{i}.out_ln_gamma", t[p + "output_layer_norm.weight"]),
-              weight(f"l{i}.out_ln_beta", t[p + "output_layer_norm.bias"]),
-              weight(f"l{i}.lin2_bias", t[p + "ffn.lin2.bias"])],
-             [f"hidden_{i + 1}"], microsoft=True, epsilon=LAYER_NORM_EPS)
-        x = f"hidden_{i + 1}"
-    initializers.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "first"))
+        g.node("Shape", ["hidden_0"], ["batch_sequence"], end=2)
+        g.node("Concat", ["batch_sequence", g.weight("any_width", np.array([-1]), np.int64)], ["token_shape"], axis=0)
+        g.node("ReduceProd", ["batch_sequence"], ["token_count"], keepdims=1)
+        g.node("ConstantOfShape", ["token_count"], ["row_zero_points"],
+               value=numpy_helper.from_array(np.array([ROW_ZERO_POINT], dtype=np.uint8)))
+        g.weight("zero_point", np.array(ROW_ZERO_POINT), np.uint8)
+        g.weight("row_range", np.array(ROW_MAX))
+        g.weight("second_axis", np.array([1]), np.int64)
+    return "hidden_0"
+
+
+def add_block(g: GraphParts, config: DistilBertConfig, t: dict[str, np.ndarray], i: int, x: str) -> str:
+    """Transformer block ``i`` on hidden state ``x``: attention, then the feed-forward network; returns
+    ``hidden_{i + 1}``."""
+    node, weight = g.node, g.weight
+    p = f"distilbert.transformer.layer.{i}."
+    a = p + "attention."
+    # torch Linear stores (out, in); MatMul wants (in, out), and the three projections side by side.
+    qkv = np.concatenate([t[a + f"{n}.weight"].T for n in ("q_lin", "k_lin", "v_lin")], axis=1)  # (D, 3D)
+    qkv_bias = np.concatenate([t[a + f"{n}.bias"] for n in ("q_lin", "k_lin", "v_lin")])  # (3D,)
+    if g.int8:
+        # The fused Attention op would quantize its input with one scale for the whole batch: here the
+        # projection is an int8 product like the others, and the attention itself float32.
+        g.linear(x, f"l{i}.qkv", qkv, f"l{i}.qkv")
+        node("Split", [f"l{i}.qkv"], [f"l{i}.q", f"l{i}.k", f"l{i}.v"], axis=2)
+        node("MultiHeadAttention", [f"l{i}.q", f"l{i}.k", f"l{i}.v", weight(f"l{i}.qkv_bias", qkv_bias), "lengths"],
+             [f"l{i}.context"], microsoft=True, num_heads=config.n_heads)
+    else:
+        node("Attention", [x, weight(f"l{i}.qkv", qkv), weight(f"l{i}.qkv_bias", qkv_bias), "lengths"],
+             [f"l{i}.context"], microsoft=True, num_heads=config.n_heads)
+    g.linear(f"l{i}.context", f"l{i}.out", t[a + "out_lin.weight"].T, f"l{i}.attn_out")
+    node("SkipLayerNormalization",
+         [f"l{i}.attn_out", x, weight(f"l{i}.sa_ln_gamma", t[p + "sa_layer_norm.weight"]),
+          weight(f"l{i}.sa_ln_beta", t[p + "sa_layer_norm.bias"]), weight(f"l{i}.out_bias", t[a + "out_lin.bias"])],
+         [f"l{i}.sa"], microsoft=True, epsilon=LAYER_NORM_EPS)
+    g.linear(f"l{i}.sa", f"l{i}.lin1", t[p + "ffn.lin1.weight"].T, f"l{i}.ffn_in")
+    if config.activation == "gelu":
+        node("BiasGelu", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.act"],
+             microsoft=True)
+    else:
+        node("Add", [f"l{i}.ffn_in", weight(f"l{i}.lin1_bias", t[p + "ffn.lin1.bias"])], [f"l{i}.ffn_biased"])
+        node("Relu", [f"l{i}.ffn_biased"], [f"l{i}.act"])
+    g.linear(f"l{i}.act", f"l{i}.lin2", t[p + "ffn.lin2.weight"].T, f"l{i}.ffn_out")
+    node("SkipLayerNormalization",
+         [f"l{i}.ffn_out", f"l{i}.sa", weight(f"l{i}.out_ln_gamma", t[p + "output_layer_norm.weight"]),
+          weight(f"l{i}.out_ln_beta", t[p + "output_layer_norm.bias"]),
+          weight(f"l{i}.lin2_bias", t[p + "ffn.lin2.bias"])],
+         [f"hidden_{i + 1}"], microsoft=True, epsilon=LAYER_NORM_EPS)
+    return f"hidden_{i + 1}"
+
+
+def add_head(g: GraphParts, t: dict[str, np.ndarray], x: str) -> None:
+    """The first token of ``x`` -> pre_classifier, ReLU -> classifier -> logits (B, labels)."""
+    from onnx import numpy_helper
+
+    node, weight = g.node, g.weight
+    # A 0-d index, so that Gather drops the axis (weight() would store it with shape (1,)).
+    g.initializers.append(numpy_helper.from_array(np.array(0, dtype=np.int64), "first"))
     node("Gather", [x, "first"], ["cls"], axis=1)  # (B, D)
     # The head stays float32 in the int8 graph too: two small products on one token, where int8 would only
     # cost accuracy.
@@ -296,13 +316,24 @@ def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray], int8: 
     node("MatMul", ["pre_act", weight("classifier", t["classifier.weight"].T)], ["logits_matmul"])
     node("Add", ["logits_matmul", weight("classifier_bias", t["classifier.bias"])], ["logits"])
 
+
+def build_graph(config: DistilBertConfig, tensors: dict[str, np.ndarray], int8: bool = False):
+    """The fused ``onnx.ModelProto`` of a DistilBERT classifier, float32 or int8 (see the module docstring)."""
+    require_onnx()
+    from onnx import TensorProto, helper
+
+    g = GraphParts(int8)
+    x = add_embeddings(g, tensors)
+    for i in range(config.n_layers):
+        x = add_block(g, config, tensors, i, x)
+    add_head(g, tensors, x)
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         "distilsent",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", config.num_labels])],
-        initializers,
+        g.initializers,
     )
     model = helper.make_model(
         graph,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,19 +18,17 @@ import numpy as np
 from ..data.examples import read_examples
 from ..errors import CheckpointError, InputError, MissingDependencyError
 from ..model.checkpoint import (
-    _umask,
+    load_config,
     load_state_dict,  # a pickle checkpoint: only torch reads it safely
     resolve,
 )
+from ..model.directory import writing
 from ..model.modelcard import sha256
 from ..runtime.classifier import Classifier, softmax
 from ..runtime.long_text import most_confident
 from .evaluate import metrics
 
 HEAD = ("classifier.weight", "classifier.bias")
-# Files a calibrated directory must not inherit: the weights are rewritten, and a graph exported from the
-# old weights would give the uncalibrated scores (without it, the ONNX backend builds one from the new weights).
-REWRITTEN = ("model.safetensors", "pytorch_model.bin", "model.onnx", "README.md")
 TEMPERATURE_RANGE = (0.05, 20.0)
 
 
@@ -91,27 +88,20 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
 
 
 def write_calibrated(source: str | os.PathLike, out: str | os.PathLike, temperature: float, card: str) -> Path:
-    """Copy the checkpoint directory ``source`` to ``out`` with the temperature folded into its head.
+    """Write the checkpoint directory ``source`` to ``out`` (which may be ``source``) with the temperature folded
+    into its head.
 
-    The weights keep their dtype (a float16 checkpoint stays float16 and the same size).
+    The weights keep their dtype (a float16 checkpoint stays float16 and the same size). A graph of the old
+    weights is not carried over (see :mod:`distilsent.model.directory`): the ONNX backend builds one from the new.
     """
-    from safetensors.numpy import save_file
-
-    source, out = Path(source), Path(out)
-    if out.resolve() != source.resolve():
-        out.mkdir(parents=True, exist_ok=True)
-        for path in source.iterdir():
-            if path.is_file() and path.name not in REWRITTEN:
-                shutil.copy2(path, out / path.name)
+    source = Path(source)
     tensors = fold_temperature(_read_tensors(source), temperature)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
-    (out / "model.safetensors").chmod(0o666 & ~_umask())  # safetensors writes 0600; the model is for others too
-    stale_graph = out / "model.onnx"
-    if stale_graph.is_file():
-        stale_graph.unlink()
-    (out / "README.md").write_text(card, encoding="utf-8")
-    return out
+    with writing(out) as written:
+        written.write_config(load_config(source))
+        written.write_weights(tensors)
+        written.carry_tokenizer(source)
+        written.write_card(card)
+    return Path(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,13 +175,13 @@ def fit(classifier, examples, data: str) -> Calibration:
     one window at a time)."""
     if len(classifier.labels) < 2 or classifier.default_function != "softmax":
         raise InputError("temperature scaling calibrates softmax classifiers with two or more labels")
-    window_plan = classifier.windows([e.text for e in examples])
-    logits = classifier.run(window_plan.sequences)
+    inference = classifier.infer([e.text for e in examples], function_to_apply="softmax")
+    logits, windows = inference.window_logits, inference.windows
     labels = np.array([e.label for e in examples])
-    if classifier.aggregate == "max" and len(window_plan.sequences) != len(examples):
-        logits = logits[most_confident(softmax(logits), window_plan, len(examples))]
+    if inference.reading.aggregate == "max" and not inference.one_each:
+        logits = logits[most_confident(inference.window_scores, windows, len(examples))]
     else:
-        labels = labels[window_plan.owner]
+        labels = labels[windows.owner]
     return measure(logits, labels, classifier.labels, data)
 
 

@@ -22,6 +22,7 @@ this module gives it the loss. Texts without a label (``UNLABELLED``) learn from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -37,8 +38,10 @@ from ..errors import DistilsentError, InputError
 from ..model.checkpoint import files_digest, load_config, load_model, load_state_dict, resolve
 from ..model.config import LABELS
 from ..model.modelcard import model_card
-from ..progress import Progress
+from ..progress import ProgressBar
 from ..runtime.classifier import Classifier
+from ..runtime.inference import Observer
+from ..runtime.long_text import Reading
 from ..runtime.onnx_graph import cache_dir
 from .train import TrainConfig, initial_model, train
 
@@ -220,31 +223,33 @@ def teacher_logits(directory: Path, texts: Sequence[str], max_length: int, *, lo
     are done and read back instead of recomputed: an interrupted teacher resumes at its last whole chunk.
     """
     clf = Classifier.load(directory, backend=backend, threads=threads)
-    sequences = clf.windows(texts, long_text=long_text, head=head, max_length=max_length).sequences
-    return chunked_logits(sequences, clf.run_batch, clf.config.num_labels, plan=clf.plan, parts=parts,
-                          progress=progress)
+    with ProgressBar("teacher", unit="text", enabled=progress) as bar:
+        runner = functools.partial(chunked_logits, run=clf.run, num_labels=clf.config.num_labels, parts=parts,
+                                   progress=bar)
+        return clf.infer(texts, Reading(long_text, head=head), max_length=max_length, runner=runner,
+                         progress=bar).window_logits
 
 
-def chunked_logits(sequences: Sequence[Sequence[int]], run_batch, num_labels: int, *, plan,
-                   parts: Path | None = None, progress: bool = True) -> np.ndarray:
-    """float32 (n, num_labels) logits of token id lists, ``run_batch(sequences) -> (B, labels)`` on the
-    batches ``plan(lengths)`` cuts; with ``parts``, every :data:`TEACHER_CHUNK` sequences' logits are saved
-    there and read back instead of recomputed. Any model can teach through this (see PrecomputedTeacher)."""
+def chunked_logits(sequences: Sequence[Sequence[int]], run, num_labels: int, *, parts: Path | None = None,
+                   progress: Observer | None = None) -> np.ndarray:
+    """float32 (n, num_labels) logits of token id lists, ``run(chunk, progress=...) -> (len(chunk), labels)``
+    on every :data:`TEACHER_CHUNK` of them (``Classifier.run``: its planned batches), the runner
+    ``Classifier.infer`` takes; with ``parts``, each chunk's logits are saved there and read back instead of
+    recomputed. ``progress(done, total)`` hears of the sequences done, those read back included."""
     out = np.empty((len(sequences), num_labels), dtype=np.float32)
-    with Progress(len(sequences), desc="teacher", unit="text", enabled=progress) as bar:
-        for number, start in enumerate(range(0, len(sequences), TEACHER_CHUNK)):
-            chunk = sequences[start : start + TEACHER_CHUNK]
-            part = parts / f"{number}.npy" if parts is not None else None
-            saved = _load_array(part, len(chunk)) if part is not None else None
-            if saved is not None:
-                out[start : start + len(chunk)] = saved
-                bar.update(len(chunk))
-                continue
-            for batch in plan([len(s) for s in chunk]):
-                out[start + np.asarray(batch)] = run_batch([chunk[i] for i in batch])
-                bar.update(len(batch))
+    for number, start in enumerate(range(0, len(sequences), TEACHER_CHUNK)):
+        chunk = sequences[start : start + TEACHER_CHUNK]
+        part = parts / f"{number}.npy" if parts is not None else None
+        saved = _load_array(part, len(chunk)) if part is not None else None
+        if saved is not None:
+            out[start : start + len(chunk)] = saved
+        else:
+            heard = None if progress is None else lambda done, _, start=start: progress(start + done, len(sequences))
+            out[start : start + len(chunk)] = run(chunk, progress=heard)
             if part is not None:
                 _save_array(out[start : start + len(chunk)], part)
+        if progress is not None:
+            progress(start + len(chunk), len(sequences))
     return out
 
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError
-from ..progress import Progress
-from ..runtime.long_text import aggregate
+from ..progress import ProgressBar
 
 ECE_BINS = 15
 LENGTH_BUCKETS = (16, 32, 64, 128, 256)  # upper bounds in tokens; the last bucket is open
@@ -167,25 +166,21 @@ def metrics(
 
 
 def evaluate(classifier, examples, *, batch_size: int | None = None, progress: bool = False) -> dict:
-    """Run ``classifier`` over labelled ``examples`` and measure it (softmax probabilities).
+    """Run ``classifier`` over labelled ``examples``, read as it reads texts (its reading), and measure it
+    (softmax probabilities: the scores ``classifier(texts, function_to_apply="softmax")`` gives).
 
-    ``progress`` shows the texts done on stderr (see :mod:`distilsent.progress`).
+    ``progress`` shows the sequences done on stderr (see :mod:`distilsent.progress`).
     """
     texts = [e.text for e in examples]
     labels = np.array([e.label for e in examples])
     start = time.perf_counter()
-    window_plan = classifier.windows(texts)  # the classifier's long_text strategy: one sequence per text or windows
-    sequences = window_plan.sequences
-    lengths = [len(ids) for ids in sequences]
-    logits = np.empty((len(sequences), classifier.config.num_labels), dtype=np.float32)
-    with Progress(len(sequences), desc="eval", unit="sequence", enabled=progress) as bar:
-        for batch in classifier.plan(lengths, batch_size=batch_size):
-            logits[batch] = classifier.run_batch([sequences[i] for i in batch])
-            bar.update(len(batch))
-    probs = aggregate(classifier.scores(logits, "softmax"), window_plan, len(texts), classifier.aggregate)
+    with ProgressBar("eval", unit="sequence", enabled=progress) as bar:
+        inference = classifier.infer(texts, function_to_apply="softmax", batch_size=batch_size, progress=bar)
+    probs, windows = inference.scores, inference.windows
     seconds = time.perf_counter() - start
     text_lengths = np.zeros(len(texts), dtype=np.int64)  # tokens of each text that were read
-    np.maximum.at(text_lengths, window_plan.owner, window_plan.starts + np.array(lengths, dtype=np.int64))
+    read = windows.starts + np.array([len(ids) for ids in windows.sequences], dtype=np.int64)
+    np.maximum.at(text_lengths, windows.owner, read)
     result = metrics(labels, probs, classifier.labels, text_lengths)
     sources = np.array([e.source or "" for e in examples], dtype=object)
     if sources.any():  # examples that know their file: the figures of each file too

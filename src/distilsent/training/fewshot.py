@@ -16,7 +16,6 @@ looked at; with a single example of some label it falls back to C = 1.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError, InputError, MissingDependencyError
-from ..model.checkpoint import (
-    CONFIG_NAME,
-    SAFETENSORS_NAME,
-    TOKENIZER_NAMES,
-    _umask,
-    check_state_dict,
-    load_config,
-    resolve,
-)
+from ..model.checkpoint import SAFETENSORS_NAME, check_state_dict, load_config, resolve
+from ..model.directory import writing
 from ..model.modelcard import model_card
 from ..runtime.classifier import Classifier
 from ..runtime.embeddings import embed
@@ -132,25 +124,15 @@ def save_head(directory: Path, config, tensors: dict[str, np.ndarray], head: Hea
 
     The head is stored in float32 whatever the encoder's dtype: a float16 head would move its decisions.
     """
-    from safetensors.numpy import save_file
-
     out = Path(out)
     if out.resolve() == directory.resolve():
         raise InputError(f"the few-shot model must go to a new directory, not over its base {directory}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the output directory {out} ({e.strerror or e})") from None
-    new = {**tensors, "classifier.weight": head.weight, "classifier.bias": head.bias}
-    save_file({k: np.ascontiguousarray(v) for k, v in new.items()}, str(out / SAFETENSORS_NAME),
-              metadata={"format": "pt"})
-    (out / SAFETENSORS_NAME).chmod(0o666 & ~_umask())  # safetensors writes 0600; the model is for others too
-    config.replace(id2label=dict(enumerate(labels))).to_json(out / CONFIG_NAME)
-    for name in TOKENIZER_NAMES:
-        if (directory / name).is_file():
-            shutil.copyfile(directory / name, out / name)
-    if card is not None:
-        (out / "README.md").write_text(card, encoding="utf-8")
+    with writing(out) as written:
+        written.write_config(config.replace(id2label=dict(enumerate(labels))))
+        written.write_weights({**tensors, "classifier.weight": head.weight, "classifier.bias": head.bias})
+        written.carry_tokenizer(directory)
+        if card is not None:
+            written.write_card(card)
     return out
 
 
