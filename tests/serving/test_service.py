@@ -925,14 +925,14 @@ def test_tokenizations_run_at_most_tokenize_threads_at_once(clf):
     lock = threading.Lock()
 
     class SlowEncode(Classifier):
-        def encode(self, texts, **options):
+        def prepare(self, texts, *args, **options):
             with lock:
                 state["active"] += 1
                 state["peak"] = max(state["peak"], state["active"])
             release.wait(10)
             with lock:
                 state["active"] -= 1
-            return super().encode(texts, **options)
+            return super().prepare(texts, *args, **options)
 
     slow = SlowEncode(clf.backend, clf.tokenizer, clf.config, name=clf.name)
     long_text = "a great film " * (service_module.THREADED_TOKENIZE_CHARS // 10)

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'distilsent[serve]'")
 
 from distilsent import Classifier, long_text  # noqa: E402
-from distilsent.serving.app import split_windows  # noqa: E402
 
 from .test_service import running  # noqa: E402
 
@@ -194,7 +193,8 @@ def test_window_count_from_token_counts_is_what_the_plan_builds(clf, window, str
     window_plan = clf.windows(texts, long_text="window", window=window, stride=stride)
     per_text = [list(window_plan.owner).count(i) for i in range(len(texts))]
     assert max(per_text) > 1
-    assert split_windows(lengths, clf.max_length, stride, window) == sum(n for n in per_text if n > 1)
+    assert long_text.count_windows(lengths, clf.max_length, stride=stride, window=window) == \
+        sum(n for n in per_text if n > 1)
 
 
 def test_the_model_s_own_reading_is_the_server_default_and_serve_flags_or_requests_override_it(tmp_path, vocab_file):

@@ -30,9 +30,9 @@
   hash, requests to this server only) and ``X-Frame-Options: DENY``.
 
 This module holds the service's state (:class:`Service`: the model, its batcher, loading and shutdown), its
-prediction path and :func:`create_app` with the routes. The prediction path maps HTTP onto the classifier's
-steps: ``encode`` or ``windows`` here (on a small thread pool for large payloads), ``plan`` and ``run_batch``
-in :class:`~distilsent.serving.batcher.Batcher`, ``scores``, ``aggregate`` and ``format`` here. The bodies are
+prediction path and :func:`create_app` with the routes. The prediction path is the classifier's chain:
+``prepare`` here (on a tokenizer thread for large payloads), :class:`~distilsent.serving.batcher.Batcher` as
+its runner (``plan`` and ``run_batch`` over every waiting request), ``complete`` and ``format`` here. The bodies are
 in :mod:`.bodies`, what a request passes first in :mod:`.admission`, the metrics, access log and common headers
 in :mod:`.metrics`, ``/explain``'s admission and computation in :mod:`.explanations`, and starting a server in
 :mod:`.server`. Every setting and its default is in
@@ -42,6 +42,7 @@ in :mod:`.metrics`, ``/explain``'s admission and computation in :mod:`.explanati
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -62,9 +63,10 @@ except ImportError as e:
     raise missing_extra(e) from None
 
 from .. import __version__
-from ..errors import BatcherFailure, InputError, QueueFullError, ShuttingDownError
+from ..errors import BatcherFailure, InputError, QueueFullError, ShuttingDownError, WindowLimitError
 from ..runtime.classifier import Classifier
-from ..runtime.long_text import UNLIMITED, WindowPlan, aggregate, plan
+from ..runtime.inference import Job
+from ..runtime.long_text import Reading
 from .admission import Limits
 from .batcher import Batcher
 from .bodies import (
@@ -176,18 +178,21 @@ class Service:
             reading = body if isinstance(body, TeiRequest) else TeiRequest(inputs=texts)
         served = self.default_reading(classifier)
         strategy = reading.long_text or (None if truncation else served["long_text"])  # an asked-for cut wins
-        long_text = {"long_text": strategy, "stride": reading.stride or served["stride"],
-                     "window": reading.window or served["window"]}
-        window_plan = await self._encode(classifier, texts, truncation, long_text if strategy else None)
-        sequences = window_plan.sequences
-        tokens = sum(len(sequence) for sequence in sequences)
+        try:
+            read_as = Reading(strategy or "truncate", window=reading.window or served["window"] or classifier.window,
+                              stride=reading.stride or served["stride"] or classifier.stride, head=classifier.head,
+                              aggregate=reading.aggregate or served["aggregate"] or "mean")
+        except InputError as e:
+            raise ServiceError(422, "validation", str(e)) from None
+        # Without a strategy, truncation says whether an over-long text is cut or refused; with one, it is read.
+        job = await self._prepare(classifier, texts, read_as, truncation=truncation or strategy is not None)
+        tokens = sum(len(sequence) for sequence in job.sequences)
         if tokens > s.max_queue_tokens:
             raise ServiceError(
                 413, "too_large", f"{tokens} tokens in one request, over the limit of {s.max_queue_tokens}"
             )
-        logits = await self._submit(request, sequences)
-        scores = aggregate(classifier.scores(logits, function), window_plan, len(texts),
-                           reading.aggregate or served["aggregate"] or "mean")
+        logits = await self._submit(request, job.sequences)  # the batcher is the chain's runner
+        scores = classifier.complete(job, logits, function).scores
         if style == "tei":
             return classifier.format(scores, style="tei", single=single)
         # The hosted Inference API's shape: one list per input, a string being one input (single=False).
@@ -199,11 +204,11 @@ class Service:
         except InputError as e:
             raise ServiceError(422, "validation", str(e)) from None
 
-    async def _encode(
-        self, classifier: Classifier, texts: list[str], truncation: bool, long_text: dict | None
-    ) -> WindowPlan:
-        """The sequences to run: one per text as cut (or refused) by ``truncation``, or the ``long_text``
-        plan (:meth:`Classifier.windows`) when the request or the server names a strategy."""
+    async def _prepare(self, classifier: Classifier, texts: list[str], reading: Reading, truncation: bool) -> Job:
+        """:meth:`Classifier.prepare` (on a tokenizer thread for large payloads): the sequences to run, with
+        ``max_request_windows`` checked on the token counts before any window is built (3-token windows of a
+        1 MiB text are a million lists, over 500 MB, otherwise). Only texts read as several windows count; one
+        sequence per text is ``max_request_texts``' to limit."""
         for i, text in enumerate(texts):
             try:
                 text.encode("utf-8")
@@ -211,40 +216,21 @@ class Service:
                 raise ServiceError(
                     422, "validation", f"text {i} is not valid Unicode (it has a lone surrogate)"
                 ) from None
-
-        def work() -> WindowPlan:
-            if long_text is None:
-                return WindowPlan.one_each(classifier.encode(texts, truncation=truncation))
-            return self._windows(classifier, texts, **long_text)
-
+        prepare = functools.partial(classifier.prepare, texts, reading, truncation=truncation,
+                                    window_limit=self.settings.max_request_windows)
         try:
             if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
-                return await self._offload(work)
-            return work()
+                return await self._offload(prepare)
+            return prepare()
+        except WindowLimitError as e:
+            raise ServiceError(413, "too_large", f"{e.windows} windows in one request, over the limit of {e.limit}; "
+                               "send fewer or shorter texts, or a larger stride") from None
         except InputError as e:
-            if long_text is not None:
+            if truncation:
                 raise ServiceError(422, "validation", str(e)) from None
             raise ServiceError(
                 422, "validation", f"{e}; send truncation/truncate true to cut it, or a long_text (head_tail, window)"
             ) from None
-
-    def _windows(
-        self, classifier: Classifier, texts: list[str], long_text: str, stride: int | None, window: int | None
-    ) -> WindowPlan:
-        """:meth:`Classifier.windows`, with ``max_request_windows`` checked on the token counts before any
-        window is built: 3-token windows of a 1 MiB text are a million lists (over 500 MB) otherwise. Only
-        texts read as several windows count; one sequence per text is ``max_request_texts``' to limit."""
-        if long_text == "truncate":  # a bounded prefix of each text, never windows
-            return classifier.windows(texts, long_text=long_text)
-        ids = classifier.tokenizer.encode(texts, UNLIMITED)
-        stride, window = stride or classifier.stride, window or classifier.window
-        if long_text == "window":
-            windows = split_windows([len(i) for i in ids], classifier.max_length, stride, window)
-            limit = self.settings.max_request_windows
-            if windows > limit:
-                raise ServiceError(413, "too_large", f"{windows} windows in one request, over the limit of {limit}; "
-                                   "send fewer or shorter texts, or a larger stride")
-        return plan(ids, long_text, classifier.max_length, stride=stride, head=classifier.head, window=window)
 
     async def _submit(self, request: Request, sequences: list[list[int]]):
         """The batcher's logits, unless the client hangs up first: then its queued texts are dropped."""
@@ -310,22 +296,6 @@ class Service:
             "max_explain_work": s.max_explain_work,
             "explain_timeout": s.explain_timeout,
         }
-
-
-def split_windows(lengths: list[int], max_length: int, stride: int | None, window: int | None) -> int:
-    """How many windows :func:`distilsent.runtime.long_text.plan` makes of the texts with these token counts
-    (``[CLS]`` and ``[SEP]`` included) that it splits into more than one, counted without building them."""
-    width = min(window or max_length, max_length) - 2
-    step = stride if stride is not None else width // 2
-    if not 1 <= step <= width:
-        return 0  # plan() refuses these settings with its own message
-    total = 0
-    for length in lengths:
-        content = length - 2
-        if content > width:
-            starts = (content - width) // step + 1
-            total += starts + ((starts - 1) * step + width < content)  # the last window, aligned to the end
-    return total
 
 
 async def unless_gone(request: Request, work: Awaitable):

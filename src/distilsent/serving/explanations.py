@@ -17,8 +17,8 @@ of hundreds of ordinary requests. Explanations are admitted apart from predictio
   and one whose caller goes away (the client hung up) is dropped; either way no further batch of it starts
   (the one on a thread ends first), and its work is given back at once. Once shutting down, 503.
 
-The answer is :func:`distilsent.insight.explain.occlusion`'s, computed by the same steps: the classifier's own
-reading of each variant, softmax, each word's drop in the predicted label's probability.
+The answer is :func:`distilsent.insight.explain.occlusion`'s, computed by the same steps: the classifier's chain
+on each variant under its own reading, softmax, each word's drop in the predicted label's probability.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from ..insight.explain import Explanation, Word, split_words
 from ..runtime.classifier import Classifier
-from ..runtime.long_text import UNLIMITED, aggregate
+from ..runtime.long_text import UNLIMITED
 from .bodies import ServiceError
 from .metrics import Metrics
 from .settings import ServiceSettings
@@ -152,11 +152,12 @@ class Explanations:
         ).to_dict()
 
     async def _probabilities(self, texts: list[str]) -> np.ndarray:
-        """Softmax scores (n, labels) of ``texts`` as ``Classifier.logits`` reads them, one batch at a time on
-        the explanation threads: between two batches a cancelled explanation stops."""
+        """Softmax scores (n, labels) of ``texts`` read as the classifier reads them: its chain (``prepare``,
+        batches, ``complete``) with the batches run one at a time on the explanation threads, so that a
+        cancelled explanation stops between two."""
         classifier, loop = self.classifier, asyncio.get_running_loop()
-        window_plan = await loop.run_in_executor(self._threads, classifier.windows, texts)
-        sequences = window_plan.sequences
+        job = await loop.run_in_executor(self._threads, classifier.prepare, texts)
+        sequences = job.sequences
         logits = np.empty((len(sequences), classifier.config.num_labels), dtype=np.float32)
         for batch in classifier.plan([len(s) for s in sequences]):
             started = time.perf_counter()
@@ -165,7 +166,7 @@ class Explanations:
             )
             pace = sum(len(sequences[i]) for i in batch) / max(time.perf_counter() - started, 1e-6)
             self.pace = pace if self.pace is None else self.pace + PACE_WEIGHT * (pace - self.pace)
-        return aggregate(classifier.scores(logits, "softmax"), window_plan, len(texts), classifier.aggregate)
+        return classifier.complete(job, logits, "softmax").scores
 
     def close(self) -> None:
         """Admit no more; a batch already on a thread is not waited for."""
