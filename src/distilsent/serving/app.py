@@ -122,7 +122,7 @@ class Service:
         self.metrics.admitted_tokens.set_function(lambda: self.batcher.admitted_tokens)
         self.metrics.batcher_restarts.set_function(lambda: self.batcher.restarts)
         self.metrics.memory_releases.set_function(lambda: self.memory.releases)
-        self.explanations = Explanations(classifier, self.settings, self.metrics, self._offload, self.memory.heavy)
+        self.explanations = Explanations(classifier, self.settings, self.metrics, self._tokenize, self.memory.heavy)
         self.classifier = classifier
         log.info("model %s loaded (%s backend)", classifier.name, getattr(classifier.backend, "name", "custom"))
 
@@ -135,9 +135,12 @@ class Service:
         self._tokenizers.shutdown(wait=False, cancel_futures=True)
         self.memory.close()
 
-    async def _offload(self, function: Callable, *args) -> Any:
-        """``function(*args)`` on a tokenizer thread: at most ``tokenize_threads`` such payloads at once, each
-        heavy work for :class:`MemoryRelease`."""
+    async def _tokenize(self, chars: int, function: Callable, *args) -> Any:
+        """``function(*args)``, tokenizing a payload of ``chars`` characters: here if it is small, else on a
+        tokenizer thread (at most ``tokenize_threads`` such payloads at once, each heavy work for
+        :class:`MemoryRelease`)."""
+        if chars <= THREADED_TOKENIZE_CHARS:
+            return function(*args)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._tokenizers, function, *args)
         finally:
@@ -219,9 +222,7 @@ class Service:
         prepare = functools.partial(classifier.prepare, texts, reading, truncation=truncation,
                                     window_limit=self.settings.max_request_windows)
         try:
-            if sum(len(t) for t in texts) > THREADED_TOKENIZE_CHARS:
-                return await self._offload(prepare)
-            return prepare()
+            return await self._tokenize(sum(len(t) for t in texts), prepare)
         except WindowLimitError as e:
             raise ServiceError(413, "too_large", f"{e.windows} windows in one request, over the limit of {e.limit}; "
                                "send fewer or shorter texts, or a larger stride") from None

@@ -43,8 +43,6 @@ log = logging.getLogger("distilsent.serving.explanations")
 # Occlusion costs one classification per word: a request is capped so one visitor cannot queue thousands of
 # texts; the library function itself has no cap.
 MAX_EXPLAIN_WORDS = 256
-# Texts this long are split into words and tokenized on the service's tokenizer threads, off the event loop.
-THREADED_CHARS = 16_384
 # Weight of the latest batch in the pace (tokens per second per explanation thread): a few batches, a second
 # or two of work, follow a change in what else the cores are doing.
 PACE_WEIGHT = 0.2
@@ -55,7 +53,7 @@ class Explanations:
 
     def __init__(
         self, classifier: Classifier, settings: ServiceSettings, metrics: Metrics,
-        tokenize: Callable[..., Awaitable],  # (function, *args): its result, computed on a tokenizer thread
+        tokenize: Callable[..., Awaitable],  # (chars, function, *args): its result, on a tokenizer thread if large
         ended: Callable[[], None],  # called on the event loop as each admitted explanation ends
     ):
         self.classifier = classifier
@@ -78,10 +76,7 @@ class Explanations:
         if self.closing:
             raise ServiceError(503, "unhealthy", "the server is shutting down")
         s = self.settings
-        if len(text) > THREADED_CHARS:
-            words, work = await self._tokenize(self._measure, text)
-        else:
-            words, work = self._measure(text)
+        words, work = await self._tokenize(len(text), self._measure, text)
         if work > s.max_explain_work:
             self.metrics.explains.labels("too_large").inc()
             raise ServiceError(413, "too_large", f"explaining this text is {work} tokens x occlusions, over the "
@@ -136,8 +131,6 @@ class Explanations:
             self.computing += 1
             try:
                 probabilities = await self._probabilities([text] + [text[:a] + text[b:] for _, a, b in words])
-            except (asyncio.CancelledError, ServiceError):
-                raise
             except Exception:
                 log.exception("an explanation failed")
                 raise ServiceError(500, "backend", "the explanation failed; see the server log") from None
