@@ -16,6 +16,7 @@ from .model.config import DistilBertConfig
 from .model.tokenizer import Tokenizer
 from .moved import MovedModules
 from .runtime.classifier import Classifier
+from .runtime.long_text import Reading
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "InputError",
     "MissingDependencyError",
     "QueueFullError",
+    "Reading",
     "ShuttingDownError",
     "Tokenizer",
     "__version__",

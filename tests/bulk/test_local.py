@@ -27,7 +27,7 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 TEXTS = [
-    "a great film", "awful", "the plot is boring but the actors are fun", "", "i love this movie !",
+    "a great film", "awful", "the plot is boring but the actors are fun", "meh", "i love this movie !",
     "not good , not bad", "worst story", "the best", 'a "quoted" word, and a comma', "very very very good fun",
     "émigré café ünïcödé", "it was the worst film of the year and i hate it",
 ]
@@ -196,10 +196,11 @@ def test_resume_refuses_a_changed_input_or_settings(tmp_path, clf, monkeypatch):
 @pytest.mark.parametrize("fmt", ("jsonl", "parquet"))
 @pytest.mark.parametrize("on_error", ("fail", "skip", "mark"))
 def test_rows_without_text(tmp_path, clf, fmt, on_error):
-    rows = [{"text": "a great film", "n": 1}, {"text": None, "n": 2}, {"text": "awful", "n": 3}]
+    rows = [{"text": "a great film", "n": 1}, {"text": None, "n": 2}, {"text": "awful", "n": 3},
+            {"text": "", "n": 4}, {"text": " \t ", "n": 5}]  # empty and blank texts: the bias alone would answer
     if fmt == "jsonl":
-        rows.append({"n": 4})  # no text field at all
-        rows.append({"text": 7, "n": 5})  # not a string
+        rows.append({"n": 6})  # no text field at all
+        rows.append({"text": 7, "n": 7})  # not a string
     source = write_table(tmp_path / f"in.{fmt}", rows)
     target = tmp_path / "out.jsonl"
     target.write_text("previous output\n")
@@ -214,16 +215,17 @@ def test_rows_without_text(tmp_path, clf, fmt, on_error):
     out = read_table(target)
     bad = len(rows) - 2
     assert summary["rows"] == len(rows)
-    assert "row 2" in err.getvalue() and ("row 5" in err.getvalue()) == (fmt == "jsonl")
+    assert "row 2" in err.getvalue() and ("row 7" in err.getvalue()) == (fmt == "jsonl")
     if on_error == "skip":
         assert summary["skipped"] == bad and summary["written"] == 2 and [r["n"] for r in out] == [1, 3]
     else:
         assert summary["marked"] == bad and summary["written"] == len(rows)
         assert [r["n"] for r in out] == [r["n"] for r in rows]
-        assert [r["label"] is None for r in out] == [r.get("text") is None or r["n"] == 5 for r in rows]
+        assert [r["label"] is None for r in out] == [r["n"] not in (1, 3) for r in rows]
         assert out[1]["error"] == "the text is missing" and out[0]["error"] is None
+        assert out[3]["error"] == "the text is empty" and out[4]["error"] == "the text is only whitespace"
         if fmt == "jsonl":
-            assert out[4]["error"] == "the text is int, not a string"
+            assert out[6]["error"] == "the text is int, not a string"
 
 
 def test_malformed_text_rows_carry_their_line_numbers(tmp_path, clf):

@@ -3,6 +3,7 @@ the local engine: one output file, shards put back in order by their row column,
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -86,3 +87,19 @@ def test_blocks_are_recut_into_the_local_engines_chunks(local_ray):
     rows = [r for c in chunks for r in c.to_pylist()]
     assert [r["row"] for r in rows] == list(range(1, 101))
     assert [r["text"] for r in rows] == [f"t{i}" for i in range(100)]
+
+
+def test_max_windows_and_blank_texts_are_bad_rows_on_ray_as_locally(tmp_path, tiny_model_dir, local_ray):
+    # The tiny model's 64-token windows start every 31 tokens: 3 windows hold 124 words, not 125.
+    rows = [{"text": "great fun"}, {"text": " ".join(["good"] * 125)}, {"text": ""}, {"text": " ".join(["good"] * 124)}]
+    source = write_table(tmp_path / "in.jsonl", rows)
+    settings = ScoreSettings(long_text="window", max_windows=3, on_error="mark", chunk_rows=2)
+    summary = score_on_ray(str(source), str(tmp_path / "ray.jsonl"), settings, model=str(tiny_model_dir), actors=1,
+                           progress=False)
+    assert summary["marked"] == 2
+    local = tmp_path / "local.jsonl"
+    score_stream(Classifier.load(tiny_model_dir), str(source), str(local), settings, progress=False,
+                 stderr=io.StringIO())
+    out = read_table(tmp_path / "ray.jsonl")
+    assert out == read_table(local)
+    assert "more than 3 windows" in out[1]["error"] and out[2]["error"] == "the text is empty"

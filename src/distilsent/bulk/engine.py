@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
@@ -78,14 +77,6 @@ class ScoreSettings:
         if self.reading is None:
             del settings["reading"]
         return settings
-
-
-def text_problem(value: Any) -> str | None:
-    if value is None:
-        return "the text is missing"
-    if not isinstance(value, str):
-        return f"the text is {type(value).__name__}, not a string"
-    return None
 
 
 class Scorer:

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data.examples import TEXT_COLUMNS, pick_column
+from ..data.examples import TEXT_COLUMNS, pick_column, text_problem
 from ..data.tables import Row, detect_format, open_reader, open_writer, require_pyarrow
 from ..errors import DataError, DistilsentError, InputError
 from ..progress import Progress
 from ..runtime.classifier import Classifier
-from .engine import REPORTED_ROWS, Scorer, ScoreSettings, text_problem
+from .engine import REPORTED_ROWS, Scorer, ScoreSettings
 
 MANIFEST = "manifest.json"
 

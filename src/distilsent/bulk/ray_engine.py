@@ -30,14 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..data.examples import TEXT_COLUMNS, pick_column
+from ..data.examples import TEXT_COLUMNS, pick_column, text_problem
 from ..data.tables import detect_format, open_writer, require_pyarrow
 from ..errors import DataError, DistilsentError, InputError, MissingDependencyError
 from ..model.checkpoint import load_config, resolve
 from ..progress import Progress
 from ..runtime.classifier import Classifier
 from ..runtime.onnx_graph import ONNX_NAME, onnx_path
-from .engine import REPORTED_ROWS, Scorer, ScoreSettings, text_problem
+from .engine import REPORTED_ROWS, Scorer, ScoreSettings
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")  # not needed once the ONNX graph ships
 
@@ -92,7 +92,8 @@ class _ScoringActor:
 
         records = batch.to_pylist()
         row_key = self.schema.names[0]
-        problems = [text_problem(r.get(self.scorer.text_column)) for r in records]
+        problems = self.scorer.window_problems(records, [text_problem(r.get(self.scorer.text_column))
+                                                         for r in records])
         bad = [(r[row_key], p) for r, p in zip(records, problems) if p is not None]
         if bad and self.settings.on_error == "fail":
             row, problem = bad[0]

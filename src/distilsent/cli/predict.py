@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..bulk.local import chunked
-from ..data.examples import read_texts
+from ..data.examples import read_texts, text_problem
 from ..runtime.classifier import Classifier
 from ..runtime.embeddings import embed, output_format, write_embeddings
 from .console import stdin_lines
@@ -60,20 +60,10 @@ def add_predict(verbs) -> None:
     p.set_defaults(run=run_predict)
 
 
-def blank(text: str) -> str | None:
-    """Why a text gets no label, or None: an empty text has nothing to classify (the model would still
-    answer, from [CLS] and [SEP] alone, with a score that says nothing about the input)."""
-    if text == "":
-        return "the text is empty"
-    if not text.strip():
-        return "the text is only whitespace"
-    return None
-
-
 def answer(clf: Classifier, texts: list[str], call: dict, kind: str, first: int) -> int:
     """Print one JSON line per text, in order: its labels, or in its place an error record naming the blank
     text (``KIND N``, from ``first``), which stderr also tells; returns how many texts were blank."""
-    problems = [blank(text) for text in texts]
+    problems = [text_problem(text) for text in texts]
     classified = [text for text, problem in zip(texts, problems) if problem is None]
     results = iter(clf(classified, **call) if classified else [])
     for number, problem in enumerate(problems, start=first):

@@ -13,7 +13,7 @@ from ..bulk.ray_engine import score_on_ray
 from ..data.tables import FORMATS
 from ..errors import InputError
 from .console import terminate
-from .options import EMBEDDED, add_verb, max_windows, positive_int, quiet
+from .options import EMBEDDED, add_verb, long_text_options, max_windows, positive_int, quiet, reading
 
 SCORE_EXAMPLES = """examples:
   distilsent score tickets.csv scored.csv --text-column body --on-error mark
@@ -35,15 +35,10 @@ def add_score(verbs) -> None:
     p.add_argument("--embeddings", nargs="?", const="cls", choices=("cls", "mean"), default=None, metavar="POOLING",
                    help="also an embedding column (JSONL/Parquet): the [CLS] vector (default) or the token mean")
     p.add_argument("--on-error", choices=("fail", "skip", "mark"), default="fail",
-                   help="a row without text: stop (default), leave it out, or keep it with an error column")
+                   help="a row without text (missing, empty or blank): stop (default), leave it out, or keep it with "
+                        "an error column")
     p.add_argument("--prefix", default="", help="prefix of the new column names, e.g. pred_ when IN has a label")
-    p.add_argument("--long-text", choices=("truncate", "head_tail", "window"), default=None,
-                   help="texts over the model's length: first tokens (default), head+tail, or sliding windows")
-    p.add_argument("--window", type=positive_int, default=None,
-                   help="--long-text window: tokens per window (default: the model's 512)")
-    p.add_argument("--stride", type=positive_int, default=None, help="--long-text window: tokens between windows")
-    p.add_argument("--aggregate", choices=("mean", "max"), default=None,
-                   help="--long-text window: combine windows by token-weighted mean (default) or the surest one")
+    long_text_options(p)
     max_windows(p, refused="a bad row (see --on-error)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="texts per batch (default: the model's)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -66,8 +61,7 @@ def add_score(verbs) -> None:
 def run_score(args: argparse.Namespace) -> None:
     settings = ScoreSettings(text_column=args.text_column, all_scores=args.all_scores, on_error=args.on_error,
                              prefix=args.prefix, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-                             long_text=args.long_text, stride=args.stride, aggregate=args.aggregate,
-                             window=args.window, embeddings=args.embeddings, max_windows=args.max_windows)
+                             reading=reading(args), embeddings=args.embeddings, max_windows=args.max_windows)
     files = {"progress": not args.quiet, "in_format": args.format, "out_format": args.output_format}
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

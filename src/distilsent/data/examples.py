@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import DataError
 from ..model.config import LABELS
@@ -237,6 +238,21 @@ def split_examples(examples: Sequence[Example], fraction: float, seed: int) -> t
     cut = round(len(examples) * fraction)
     held = set(order[:cut].tolist())
     return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` is no text to classify, or None. An empty or whitespace-only text is one: the model would
+    still answer, from [CLS] and [SEP] alone, with a score that says nothing about the input (the library
+    itself labels ``""`` as the Hugging Face pipeline does; the command line, ``score`` and the service refuse it)."""
+    if value is None:
+        return "the text is missing"
+    if not isinstance(value, str):
+        return f"the text is {type(value).__name__}, not a string"
+    if value == "":
+        return "the text is empty"
+    if not value.strip():
+        return "the text is only whitespace"
+    return None
 
 
 def read_texts(path: str | os.PathLike, *, text_column: str | None = None) -> list[str]:
