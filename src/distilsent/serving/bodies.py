@@ -26,6 +26,7 @@ try:
 except ImportError as e:
     raise missing_extra(e) from None
 
+from ..data.examples import text_problem
 from ..runtime.classifier import FUNCTIONS
 
 LongText = Literal["truncate", "head_tail", "window"]
@@ -132,8 +133,9 @@ class ServiceError(Exception):
 
 
 def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
-    """The body as one of the two APIs; any malformed JSON (invalid UTF-8, too deep, ...) is a 422, and so
-    is an empty or whitespace-only text: it has nothing to classify, and its label would be the bias's."""
+    """The body as one of the two APIs; any malformed JSON (invalid UTF-8, too deep, ...) is a 422, and so is
+    an empty or whitespace-only text (:func:`~distilsent.data.examples.text_problem`, the rule of every verb):
+    it has nothing to classify, and its label would be the bias's."""
     try:
         body = PredictRequest.validate_json(raw)
     except ValidationError as e:
@@ -155,10 +157,12 @@ def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:
         unique = list(dict.fromkeys(problems))
         raise ServiceError(422, "validation", "; ".join(unique) or "invalid request body") from None
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-    empty = [i for i, text in enumerate(texts) if not text.strip()]
-    if empty:
-        where = "inputs" if isinstance(body.inputs, str) else ", ".join(f"inputs[{i}]" for i in empty[:6])
-        raise ServiceError(422, "validation", f"{where}: the text is empty")
+    problems = [(i, problem) for i, text in enumerate(texts) if (problem := text_problem(text))]
+    if problems:
+        single = isinstance(body.inputs, str)
+        raise ServiceError(422, "validation", "; ".join(
+            f"{'inputs' if single else f'inputs[{i}]'}: {problem}" for i, problem in problems[:6]
+        ))
     return body
 
 
