@@ -116,7 +116,14 @@ def test_work_past_the_limit_is_429_with_retry_after_and_one_explanation_over_it
                 await wait_for(lambda: client.app.state.service.explanations.work == work, "the first admitted")
                 response = await client.post("/explain", json={"inputs": TEXT})
                 assert_error(response, 429, "overloaded")
-                assert response.headers["retry-after"] and "tokens x occlusions" in response.json()["error"]
+                assert "tokens x occlusions" in response.json()["error"]
+                assert response.headers["retry-after"] == "1"  # at a pace of 1e9 tokens/s the queue drains at once
+                client.app.state.service.explanations.pace = work / 7.2  # 7.2 s for the one admitted: retry in 8
+                assert (await client.post("/explain", json={"inputs": TEXT})).headers["retry-after"] == "8"
+                client.app.state.service.explanations.pace = 1e-3  # never within the deadline: the deadline
+                response = await client.post("/explain", json={"inputs": TEXT})
+                assert response.headers["retry-after"] == "45"  # the default explain_timeout
+                client.app.state.service.explanations.pace = 1e9
                 assert_error(await client.post("/explain", json={"inputs": TEXT + " " + TEXT}), 413, "too_large")
                 assert (await client.post("/", json={"inputs": "fun"})).status_code == 200  # predictions go on
             finally:
@@ -124,7 +131,7 @@ def test_work_past_the_limit_is_429_with_retry_after_and_one_explanation_over_it
             assert (await first).status_code == 200
             assert (await client.post("/explain", json={"inputs": TEXT})).status_code == 200  # work given back
             metrics = (await client.get("/metrics")).text
-            for outcome, count in (("ok", 2), ("overloaded", 1), ("too_large", 1)):
+            for outcome, count in (("ok", 2), ("overloaded", 3), ("too_large", 1)):
                 assert f'distilsent_explains_total{{outcome="{outcome}"}} {count}.0' in metrics
             assert "distilsent_explain_seconds_count 2.0" in metrics and "distilsent_explain_work 0.0" in metrics
 

@@ -370,7 +370,7 @@ def _answer_errors(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, e: ServiceError) -> JSONResponse:
-        return error_response(metrics, e.status, e.error_type, str(e))
+        return error_response(metrics, e.status, e.error_type, str(e), retry_after=e.retry_after)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:

@@ -126,10 +126,11 @@ PredictAnswer = TypeAdapter(Union[HuggingFaceAnswer, TeiAnswer])
 class ServiceError(Exception):
     """A request the service answers with an error status (kept inside this module: HTTP is its concern)."""
 
-    def __init__(self, status: int, error_type: str, message: str):
+    def __init__(self, status: int, error_type: str, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
+        self.retry_after = retry_after  # seconds, where the status's usual Retry-After would mislead
 
 
 def parse_body(raw: bytes) -> HuggingFaceRequest | TeiRequest:

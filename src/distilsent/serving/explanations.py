@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,8 @@ class Explanations:
         if self._full(work):
             self.metrics.explains.labels("overloaded").inc()
             raise ServiceError(429, "overloaded", f"explanations queue full ({self.admitted} explanations, "
-                               f"{self.work} tokens x occlusions admitted); retry later")
+                               f"{self.work} tokens x occlusions admitted); retry later",
+                               retry_after=self._drain_seconds())
         self.work += work
         self.admitted += 1
         started, outcome = time.perf_counter(), "cancelled"  # the caller went away
@@ -115,6 +117,15 @@ class Explanations:
         if self.pace is None:
             return self.admitted >= s.max_concurrent_explains
         return (self.work + work) / (self.pace * s.max_concurrent_explains) > s.explain_timeout
+
+    def _drain_seconds(self) -> int:
+        """When the work admitted now should be done: at the current pace, and never later than the deadline
+        that ends every admitted explanation (a prediction's one second would send clients back to a queue that
+        an explanation of 10-40 s still fills)."""
+        s = self.settings
+        if self.pace is None:
+            return math.ceil(s.explain_timeout)
+        return max(1, min(math.ceil(self.work / (self.pace * s.max_concurrent_explains)), math.ceil(s.explain_timeout)))
 
     def _measure(self, text: str) -> tuple[list[tuple[str, int, int]], int]:
         """The text's words and its work: its tokens, uncut, times the texts occlusion classifies."""

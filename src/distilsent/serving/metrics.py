@@ -87,9 +87,11 @@ class Metrics:
             self.queue_seconds.observe(wait)
 
 
-def error_response(metrics: Metrics, status: int, error_type: str, message: str, close: bool = False) -> JSONResponse:
+def error_response(metrics: Metrics, status: int, error_type: str, message: str, close: bool = False,
+                   retry_after: int | None = None) -> JSONResponse:
     metrics.errors.labels(error_type).inc()
-    headers = {"Retry-After": str(RETRY_AFTER_S[status])} if status in RETRY_AFTER_S else {}
+    retry_after = retry_after if retry_after is not None else RETRY_AFTER_S.get(status)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
     if close:  # the rest of the request was not read: the connection cannot carry another one
         headers["Connection"] = "close"
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
