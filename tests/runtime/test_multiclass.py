@@ -89,7 +89,7 @@ def test_model_card_is_not_binary(three_class):
 
 def test_serve_answers_with_three_labels(three_class):
     pytest.importorskip("fastapi", reason="needs the serve extra")
-    from ..serving.test_service import running
+    from ..serving.kit import running
 
     model, _ = three_class
     clf = Classifier.load(model, threads=1)

@@ -15,14 +15,9 @@ pytest.importorskip("fastapi", reason="the service tests need the serve extra: p
 from distilsent import Classifier  # noqa: E402
 from distilsent.insight.explain import occlusion  # noqa: E402
 
-from .test_service import Gate, assert_error, body_then, call_raw, running, with_backend  # noqa: E402
+from .kit import Gate, assert_error, body_then, call_raw, running, with_backend  # noqa: E402
 
 TEXT = "i love this great movie, the actors are fun!"
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_model_dir) -> Classifier:
-    return Classifier.load(tiny_model_dir, threads=1)
 
 
 class Counting:

@@ -25,7 +25,7 @@ from distilsent import Classifier  # noqa: E402
 from distilsent.serving.app import ServiceSettings, create_app  # noqa: E402
 
 from ..conftest import ROOT  # noqa: E402
-from .test_service import Gate, uvicorn_server, with_backend  # noqa: E402
+from .kit import Gate, uvicorn_server, with_backend  # noqa: E402
 
 TEXT = "a gripping, beautiful film"
 TEXTS = ["a great film", "awful, boring plot", "meh, fine"]
@@ -37,11 +37,6 @@ def hermetic_client(monkeypatch):
     would read (and send) a logged-in user's. Neither belongs in a test."""
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "not-a-hub-token")
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_model_dir) -> Classifier:
-    return Classifier.load(tiny_model_dir, threads=1)
 
 
 def wait_healthy(url: str) -> None:

@@ -10,15 +10,9 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the service tests need the serve extra: pip install 'distilsent[serve]'")
 
-from distilsent import Classifier  # noqa: E402
 from distilsent.serving.memory import HEAVY_BATCH_TOKENS, MemoryRelease, malloc_trim  # noqa: E402
 
-from .test_service import running  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_model_dir) -> Classifier:
-    return Classifier.load(tiny_model_dir, threads=1)
+from .kit import running  # noqa: E402
 
 
 class Trims:

@@ -11,14 +11,9 @@ pytest.importorskip("fastapi", reason="the service tests need the serve extra: p
 
 from distilsent import Classifier, long_text  # noqa: E402
 
-from .test_service import running  # noqa: E402
+from .kit import running  # noqa: E402
 
 LONG = " ".join(["the film was good but the plot was boring and the actors were awful"] * 20)  # ~300 tokens
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_model_dir) -> Classifier:
-    return Classifier.load(tiny_model_dir, threads=1)
 
 
 def close(got, expected):
