@@ -72,18 +72,19 @@ async def wait_admitted(client: httpx.AsyncClient, texts: int) -> None:
     raise AssertionError(f"never saw {texts} texts admitted")
 
 
-def assert_close(got, expected) -> None:
-    """Equal shapes, keys and labels; scores equal to float32 rounding (batches pad differently)."""
+def assert_close(got, expected, *, rel: float = 1e-4, abs_tol: float = 1e-5) -> None:
+    """Equal shapes, keys (in order) and labels; scores equal to float32 rounding by default (batches pad
+    differently)."""
     if isinstance(expected, list):
         assert isinstance(got, list) and len(got) == len(expected), (got, expected)
         for g, e in zip(got, expected):
-            assert_close(g, e)
+            assert_close(g, e, rel=rel, abs_tol=abs_tol)
     elif isinstance(expected, dict):
         assert list(got) == list(expected), (got, expected)
         for key in expected:
-            assert_close(got[key], expected[key])
+            assert_close(got[key], expected[key], rel=rel, abs_tol=abs_tol)
     elif isinstance(expected, float):
-        assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        assert got == pytest.approx(expected, rel=rel, abs=abs_tol)
     else:
         assert got == expected
 

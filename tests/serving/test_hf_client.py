@@ -25,7 +25,7 @@ from distilsent import Classifier  # noqa: E402
 from distilsent.serving.app import ServiceSettings, create_app  # noqa: E402
 
 from ..conftest import ROOT  # noqa: E402
-from .kit import Gate, uvicorn_server, with_backend  # noqa: E402
+from .kit import Gate, assert_close, uvicorn_server, with_backend  # noqa: E402
 
 TEXT = "a gripping, beautiful film"
 TEXTS = ["a great film", "awful, boring plot", "meh, fine"]
@@ -222,18 +222,7 @@ def documented(language: str) -> list[tuple[list[str], str]]:
 def agrees(got, written) -> None:
     """An answer as the README writes it: the same nesting, keys in the same order, labels and strings equal,
     scores equal to the 4 decimals written (and a little for other CPUs)."""
-    if isinstance(written, list):
-        assert isinstance(got, list) and len(got) == len(written), (got, written)
-        for g, w in zip(got, written):
-            agrees(g, w)
-    elif isinstance(written, dict):
-        assert list(got) == list(written), (got, written)
-        for key in written:
-            agrees(got[key], written[key])
-    elif isinstance(written, float):
-        assert got == pytest.approx(written, abs=1.5e-4)
-    else:
-        assert got == written
+    assert_close(got, written, rel=0, abs_tol=1.5e-4)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ that two verbs take with the same meaning is declared here once, so that it read
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..data.examples import parse_label_map
 from ..data.tables import FORMATS
@@ -28,12 +27,9 @@ def top_k(value: str):
     if value == "all":
         return None
     try:
-        k = int(value)
-    except ValueError:
+        return positive_int(value)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}") from None
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value!r}")
-    return k
 
 
 def positive_int(value: str) -> int:
@@ -157,7 +153,7 @@ def reading(args: argparse.Namespace) -> Reading | None:
         return None
     if "long_text" in given:
         return Reading(**given)
-    return dataclasses.replace(model_reading(load_config(resolve(args.model))), **given)
+    return model_reading(load_config(resolve(args.model))).override(**given)
 
 
 def reading_options(reading: Reading | None) -> dict:
