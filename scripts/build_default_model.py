@@ -77,6 +77,18 @@ def recipe():
     )
 
 
+def recipe_fingerprint(sample: int | None) -> dict:
+    """What decides a build's result besides the data (whose SHA-256s the split stage records)."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps({
+        "train": asdict(recipe()), "weights": WEIGHTS, "start": START, "readings": READINGS,
+        "splits": [IMDB_REPORT, IMDB_SELECT, SST2_SELECT, TWEETS_SELECT, CATEGORIES_SELECT, AMAZON_HELD_OUT_DOMAIN,
+                   YELP_STARS],
+        "sample": sample,
+    }))
+
+
 def _csv(path: Path) -> list[dict]:
     csv.field_size_limit(1 << 30)
     with path.open(encoding="utf-8", newline="") as f:
@@ -90,6 +102,16 @@ class Build:
         self.work, self.data, self.sample = work, data, sample
         self.log_path = work / "stages.json"
         self.log = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
+
+    def check_recipe(self) -> None:
+        """Refuse a work directory whose finished stages were made by another recipe: resuming there would skip
+        them and ship the other build's model under this recipe's card."""
+        made_by, wanted = self.log.get("recipe"), recipe_fingerprint(self.sample)
+        if self.log and made_by != wanted:
+            raise SystemExit(f"error: {self.work} holds a build of another recipe "
+                             f"({'none recorded' if made_by is None else 'recorded in stages.json'}); "
+                             "pass another --work or remove it")
+        self.log["recipe"] = wanted
 
     def done(self, stage: str) -> bool:
         return "seconds" in self.log.get(stage, {})
@@ -364,6 +386,7 @@ def main() -> int:
     args = parser.parse_args()
 
     build = Build(args.work, args.data, args.sample)
+    build.check_recipe()
     for stage in STAGES[: STAGES.index(args.until) + 1]:
         if build.done(stage):
             print(f"{stage}: done ({build.log[stage]['seconds']:.0f} s)", flush=True)

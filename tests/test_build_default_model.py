@@ -53,3 +53,21 @@ def test_stage_log_counts_the_time_of_interrupted_attempts(build_module, tmp_pat
     reread = build_module.Build(tmp_path, DATA)
     assert reread.done("train") and reread.log["train"]["seconds"] == 180.0 and reread.log["train"]["steps"] == 7
     assert json.loads((tmp_path / "stages.json").read_text())["train"]["seconds"] == 180.0
+
+
+def test_a_work_directory_of_another_recipe_is_refused_not_resumed(build_module, tmp_path):
+    build = build_module.Build(tmp_path, DATA)
+    build.check_recipe()
+    build.record("split", 1.0)
+    build_module.Build(tmp_path, DATA).check_recipe()  # the same recipe resumes
+    with pytest.raises(SystemExit, match="another recipe"):
+        build_module.Build(tmp_path, DATA, sample=40).check_recipe()
+    log = json.loads((tmp_path / "stages.json").read_text())
+    log["recipe"]["train"]["learning_rate"] *= 2
+    (tmp_path / "stages.json").write_text(json.dumps(log))
+    with pytest.raises(SystemExit, match="another recipe"):
+        build_module.Build(tmp_path, DATA).check_recipe()
+    del log["recipe"]  # a log from before recipes were recorded
+    (tmp_path / "stages.json").write_text(json.dumps(log))
+    with pytest.raises(SystemExit, match="none recorded"):
+        build_module.Build(tmp_path, DATA).check_recipe()
