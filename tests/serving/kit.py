@@ -72,6 +72,17 @@ async def wait_admitted(client: httpx.AsyncClient, texts: int) -> None:
     raise AssertionError(f"never saw {texts} texts admitted")
 
 
+async def wait_on_thread(client: httpx.AsyncClient, texts: int = 1) -> None:
+    """Until ``texts`` texts are admitted and none still waits in the queue: their batch is on the inference
+    thread (held there by a Gate)."""
+    await wait_admitted(client, texts)
+    for _ in range(500):
+        if not client.app.state.service.batcher._jobs:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the batch never left the queue")
+
+
 def assert_close(got, expected, *, rel: float = 1e-4, abs_tol: float = 1e-5) -> None:
     """Equal shapes, keys (in order) and labels; scores equal to float32 rounding by default (batches pad
     differently)."""

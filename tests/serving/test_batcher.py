@@ -29,6 +29,7 @@ from .kit import (  # noqa: E402
     run,
     running,
     wait_admitted,
+    wait_on_thread,
     wait_ready,
     with_backend,
 )
@@ -162,9 +163,7 @@ def test_a_dead_worker_fails_the_requests_in_its_hands_and_is_restarted(clf):
             batcher = client.app.state.service.batcher
             try:
                 first = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
-                await wait_admitted(client, 1)
-                while batcher._jobs:  # until its text is on the inference thread
-                    await asyncio.sleep(0.01)
+                await wait_on_thread(client)
                 take = batcher._take
 
                 def broken_take():
@@ -196,9 +195,7 @@ def test_a_killed_worker_is_restarted_and_the_next_request_is_answered(clf, capl
             batcher = client.app.state.service.batcher
             try:
                 held = asyncio.create_task(client.post("/", json={"inputs": "fun"}))
-                await wait_admitted(client, 1)
-                while batcher._jobs:  # until its text is on the inference thread
-                    await asyncio.sleep(0.01)
+                await wait_on_thread(client)
                 batcher._worker.cancel()  # killed while a round is in its hands
                 response = await asyncio.wait_for(held, 30)
                 assert_error(response, 503, "unhealthy")
@@ -355,9 +352,7 @@ def test_work_outlasting_the_shutdown_timeout_gets_a_json_503_and_close_is_bound
             await wait_ready(client)
             never = asyncio.Event()
             held = asyncio.create_task(call_raw(app, body_then(b'{"inputs": "fun"}', never)))
-            await wait_admitted(client, 1)
-            while app.state.service.batcher._jobs:  # until its text is on the inference thread
-                await asyncio.sleep(0.01)
+            await wait_on_thread(client)
             queued = asyncio.create_task(call_raw(app, body_then(b'{"inputs": "dull"}', never)))
             await wait_admitted(client, 2)
             held.cancel()  # what uvicorn does to requests still running when the shutdown timeout ends
