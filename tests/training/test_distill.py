@@ -29,7 +29,8 @@ from .test_train import FILLER, NEGATIVE, POSITIVE, dataset, interrupt_at_step
 
 # One thread: tiny models gain nothing from two, and lose several times over on a machine shared with others.
 FAST = TrainConfig(learning_rate=3e-3, batch_size=16, warmup_steps=2, epochs=4, max_length=32, eval_every=0,
-                   save_every=4, seed=7, group_size=4, threads=1, precision="fp32")  # the same on every CPU
+                   save_every=4, seed=7, group_size=4, threads=1, precision="fp32",
+                   device="cpu")  # the same on every machine
 SOFT_ONLY = DistillConfig(temperature=2.0, alpha_soft=1.0, alpha_hard=0.0)
 
 

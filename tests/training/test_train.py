@@ -28,7 +28,8 @@ def dataset(n: int, seed: int) -> list[Example]:
 
 
 FAST = TrainConfig(learning_rate=2e-3, batch_size=16, warmup_steps=5, epochs=3, max_length=32,
-                   eval_every=10, save_every=4, seed=7, group_size=4, precision="fp32")  # the same on every CPU
+                   eval_every=10, save_every=4, seed=7, group_size=4, precision="fp32",
+                   device="cpu")  # the same on every machine
 
 
 def fresh(tiny_model_dir):
@@ -336,6 +337,46 @@ def test_precision_auto_follows_the_cpu_and_bf16_trains(tiny_model_dir, tmp_path
     summary = train(model, tokenizer, dataset(320, 0), dataset(100, 1), config, tmp_path / "bf16", progress=False)
     assert summary["precision"] == "bf16" and summary["best"]["accuracy"] >= 0.9  # as the float32 run above
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights float32
+
+
+def test_device_auto_takes_a_gpu_when_there_is_one_and_a_missing_gpu_is_an_input_error(monkeypatch):
+    from distilsent.training.train import resolve_device, resolve_precision
+
+    for wrong in ("gpu", "cuda:x", "cpu:0", ""):
+        with pytest.raises(InputError, match="device must be auto, cpu, cuda or cuda:N"):
+            TrainConfig(device=wrong)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(InputError, match="PyTorch sees 0 CUDA device"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(InputError, match="PyTorch sees 1 CUDA device"):
+        resolve_device("cuda:1")
+    # precision auto on a GPU asks the GPU, not the CPU's flags
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_precision("auto", {"avx512_bf16"}, device="cuda") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_precision("auto", {"avx2"}, device="cuda:0") == "bf16"
+
+
+def test_train_verb_without_a_gpu_refuses_device_cuda_in_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from distilsent.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    data = dataset(32, 0)
+    (tmp_path / "a.tsv").write_text("sentence\tlabel\n" + "".join(f"{e.text}\t{e.label}\n" for e in data))
+    args = ["train", str(tmp_path / "a.tsv"), "--model", str(tiny_model_dir), "--batch-size", "16", "--epochs", "1",
+            "--warmup-steps", "1", "--precision", "fp32", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(args + ["--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "device 'cuda': PyTorch sees 0 CUDA device" in err and "--device cpu" in err
+    assert not (tmp_path / "run").exists()
+    assert main(args + ["--device", "auto"]) == 0  # auto falls back to the CPU
+    assert json.loads(capsys.readouterr().out)["device"] == "cpu"
 
 
 def test_train_verb_mixes_files_with_weights_and_a_label_map(tiny_model_dir, tmp_path, capsys):

@@ -60,7 +60,9 @@ def training_flags(p: argparse.ArgumentParser) -> None:
                    help="head_tail: tokens kept from the start (default: a quarter of --max-length)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
                    help="arithmetic of training: bf16 autocast or float32 (default auto: bf16 where the CPU "
-                        "has AVX512_BF16 or AMX); saved weights are float32 either way")
+                        "has AVX512_BF16 or AMX, or the GPU has bf16); saved weights are float32 either way")
+    p.add_argument("--device", default=None, metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to train: the CPU or a GPU (default auto: the first GPU PyTorch sees, else the CPU)")
 
 
 def train_config(args: argparse.Namespace, base: TrainConfig, **more) -> TrainConfig:
@@ -70,7 +72,7 @@ def train_config(args: argparse.Namespace, base: TrainConfig, **more) -> TrainCo
         "warmup_steps": args.warmup_steps, "max_length": args.max_length, "seed": args.seed,
         "eval_every": args.eval_every, "ema_decay": args.ema_decay, "threads": args.threads,
         "weight_decay": args.weight_decay, "max_steps": args.max_steps, "long_text": args.long_text,
-        "head": args.head, "precision": args.precision, **more,
+        "head": args.head, "precision": args.precision, "device": args.device, **more,
     }
     return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
@@ -147,7 +149,8 @@ def run_train(args: argparse.Namespace) -> None:
     if stopped(summary, args):
         return
     print(json.dumps({"best": summary["best"], "model": str(Path(args.out) / "best"),
-                      "examples_per_second": summary["examples_per_second"], "precision": summary["precision"]}))
+                      "examples_per_second": summary["examples_per_second"], "precision": summary["precision"],
+                      "device": summary["device"]}))
 
 
 DISTILL_EXAMPLES = """examples:

@@ -230,7 +230,7 @@ def save_model(
 
     ``dtype`` (e.g. ``torch.float16``) stores the weights at lower precision; loading casts back to float32.
     """
-    tensors = {name: tensor.to(dtype) if dtype is not None else tensor for name, tensor in model.state_dict().items()}
+    tensors = {name: tensor.to("cpu", dtype) for name, tensor in model.state_dict().items()}  # dtype None: as is
     with writing(directory) as written:
         written.write_config(model.config)
         written.write_weights(tensors)

@@ -71,7 +71,7 @@ def require_torch():
 
 
 class TorchBackend:
-    """The reference backend: the PyTorch model in ``inference_mode``."""
+    """The reference backend: the PyTorch model in ``inference_mode``, on the device its weights are on."""
 
     name = "torch"
 
@@ -87,24 +87,28 @@ class TorchBackend:
         require_torch()
         return cls(load_weights(directory, config), threads)
 
+    def _tensors(self, ids: np.ndarray, mask: np.ndarray) -> tuple:
+        device = next(self.model.parameters()).device
+        return self._torch.from_numpy(ids).to(device), self._torch.from_numpy(mask).to(device)
+
     def logits(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(ids), torch.from_numpy(mask))
-        return out.float().numpy()
+            out = self.model(*self._tensors(ids, mask))
+        return out.float().cpu().numpy()
 
     def hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> list[np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
-            states = self.model.distilbert(torch.from_numpy(ids), torch.from_numpy(mask))
-        return [states[i].float().numpy() for i in layers]
+            states = self.model.distilbert(*self._tensors(ids, mask))
+        return [states[i].float().cpu().numpy() for i in layers]
 
     def logits_and_hidden_states(self, ids: np.ndarray, mask: np.ndarray, layers) -> tuple[np.ndarray, list]:
         """The encoder run once; the head reads its last state, as :meth:`logits` does."""
         torch = self._torch
         with torch.inference_mode():
-            logits, states = self.model.forward_with_hidden_states(torch.from_numpy(ids), torch.from_numpy(mask))
-        return logits.float().numpy(), [states[i].float().numpy() for i in layers]
+            logits, states = self.model.forward_with_hidden_states(*self._tensors(ids, mask))
+        return logits.float().cpu().numpy(), [states[i].float().cpu().numpy() for i in layers]
 
 
 def require_onnxruntime():

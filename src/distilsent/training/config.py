@@ -12,6 +12,7 @@ from ..errors import InputError
 
 TRAIN_LONG_TEXT = ("truncate", "head_tail")
 PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N" for the N-th GPU
 
 
 def cpu_flags() -> set[str]:
@@ -26,11 +27,31 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def resolve_precision(precision: str, flags: set[str] | None = None) -> str:
+def resolve_device(device: str) -> str:
+    """``"cpu"`` or ``"cuda[:N]"``: ``auto`` is the first GPU where PyTorch sees one, else the CPU; a GPU asked
+    for that PyTorch cannot use is an :class:`InputError`."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: PyTorch sees {torch.cuda.device_count()} CUDA device(s) "
+                             f"(torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def resolve_precision(precision: str, flags: set[str] | None = None, device: str = "cpu") -> str:
     """``"fp32"`` or ``"bf16"``: ``auto`` is bf16 where the CPU multiplies bfloat16 natively (AVX512_BF16 or
-    AMX), where autocast trains about 1.6x faster; elsewhere bf16 is emulated and slower than float32."""
+    AMX), where autocast trains about 1.6x faster; elsewhere bf16 is emulated and slower than float32. On a GPU
+    (``device`` "cuda..."), ``auto`` is bf16 where the GPU supports it (Ampere and later)."""
     if precision != "auto":
         return precision
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     flags = cpu_flags() if flags is None else flags
     return "bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32"
 
@@ -64,6 +85,9 @@ class TrainConfig:
     # state and saved models stay float32); "auto" picks bf16 where the CPU has it (resolve_precision). Like
     # threads, a speed choice: a run may be resumed in another precision.
     precision: str = "auto"
+    # Where the run computes: "auto" is the first GPU PyTorch sees, else the CPU (resolve_device). A speed choice
+    # too; the weights computed differ in the last digits between devices, as between precisions.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "epochs", "max_length", "group_size", "save_every"):
@@ -84,6 +108,9 @@ class TrainConfig:
             raise InputError(f"head must be zero or more tokens, got {self.head}")
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        name, colon, index = self.device.partition(":")
+        if name not in DEVICES or (colon and (name != "cuda" or not index.isdigit())):
+            raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 PRESETS = {
@@ -94,4 +121,4 @@ PRESETS = {
 }
 
 # Settings that change how fast a run goes, not what it computes: a run may be resumed or repeated with others.
-RUN_TIME = ("threads", "precision")
+RUN_TIME = ("threads", "precision", "device")

@@ -161,14 +161,15 @@ class Distillation:
         import torch
 
         index = torch.from_numpy(np.asarray(batch))
+        targets, labels = self.teacher_logits[index].to(ids.device), self.labels[index].to(ids.device)
         if self.teacher is None:
             logits = model(ids, mask).float()  # (B, labels); float32 under bf16 autocast too
-            return distillation_loss(logits, self.teacher_logits[index], self.labels[index], self.options)
+            return distillation_loss(logits, targets, labels, self.options)
         logits, hidden = model.forward_with_hidden_states(ids, mask)
         logits, hidden = logits.float(), [h.float() for h in hidden]
         with torch.no_grad():
-            teacher_hidden = self.teacher.distilbert(ids, mask)[-1]  # (B, T, D)
-        return distillation_loss(logits, self.teacher_logits[index], self.labels[index], self.options,
+            teacher_hidden = self.teacher.to(ids.device).distilbert(ids, mask)[-1]  # (B, T, D)
+        return distillation_loss(logits, targets, labels, self.options,
                                  student_hidden=hidden[-1], teacher_hidden=teacher_hidden, mask=mask)
 
 

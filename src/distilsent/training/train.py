@@ -34,7 +34,7 @@ from ..progress import Progress
 from ..runtime.backends import TorchBackend
 from ..runtime.classifier import Classifier
 from ..runtime.long_text import read as read_windows
-from .config import PRESETS, RUN_TIME, TrainConfig, cpu_flags, resolve_precision
+from .config import PRESETS, RUN_TIME, TrainConfig, cpu_flags, resolve_device, resolve_precision
 from .evaluate import evaluate
 from .sampling import epoch_batches, epoch_pool, epoch_size, source_ids
 
@@ -211,7 +211,7 @@ def set_up(model, tokenizer, train_examples: list[Example], config: TrainConfig,
     # The max_length tokens of each text that config.long_text keeps (the dev set is read alike, in evaluation).
     sequences = read_windows(tokenizer, [e.text for e in train_examples], config.long_text, config.max_length,
                              head=config.head).sequences
-    labels = torch.tensor([e.label for e in train_examples])
+    labels = torch.tensor([e.label for e in train_examples], device=next(model.parameters()).device)
     n_labels = model.config.num_labels
     if int(labels.max()) >= n_labels:
         raise InputError(f"a label id is {int(labels.max())}, but the model has {n_labels} labels")
@@ -258,6 +258,9 @@ def load_resume(model, run: RunSetup) -> Position:
         for e, saved in zip(run.ema, state["ema"]):
             e.copy_(saved)
     torch.set_rng_state(state["torch_rng"])
+    device = next(model.parameters()).device
+    if device.type == "cuda" and state.get("cuda_rng") is not None:  # dropout draws from the GPU's generator
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     return Position(state["step"], state["epoch"], state["batch"], json.loads(state["best"]),
                     json.loads(state["history"]))
 
@@ -265,11 +268,13 @@ def load_resume(model, run: RunSetup) -> Position:
 def save_resume(model, run: RunSetup, at: Position) -> None:
     import torch
 
+    device = next(model.parameters()).device
     _atomic_save({
         "model": model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "ema": run.ema or [],
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "step": at.step, "epoch": at.epoch, "batch": at.batch,
         "best": json.dumps(at.best), "history": json.dumps(at.history),
         "config": json.dumps(run.settings, sort_keys=True), "examples": len(run.sequences),
@@ -341,6 +346,7 @@ def run_summary(model, run: RunSetup, at: Position, precision: str, seconds: flo
         "examples_per_epoch": run.per_epoch,
         **({"weights": weights} if weights else {}),
         "precision": precision,
+        "device": str(next(model.parameters()).device),
         "steps": at.step,
         "warmup_steps": run.schedule.warmup_steps,
         "seconds_this_run": seconds,
@@ -393,17 +399,19 @@ def train(
 
     if not train_examples:
         raise InputError("no training examples")
+    device = resolve_device(config.device)  # before anything is written: a GPU asked for may be missing
     out, finished = output_dir(out_dir, config, len(train_examples), objective, weights)
     if finished is not None:
         return finished
+    model.to(device)  # before set_up, which makes the optimizer and the weight average of these parameters
     run = set_up(model, tokenizer, train_examples, config, out, objective, weights)
     at = load_resume(model, run)
 
     def stopping() -> bool:
         return stop_after is not None and stop_after <= at.step < run.total_steps
 
-    precision = resolve_precision(config.precision)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    precision = resolve_precision(config.precision, device=device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     bar = Progress(run.total_steps, desc="train", unit="step", initial=at.step, enabled=progress)
     started, trained_examples, loss_avg = time.perf_counter(), 0, None
@@ -417,7 +425,7 @@ def train(
                 lr = learning_rate(at.step, run.total_steps, run.schedule)
                 for group in run.optimizer.param_groups:
                     group["lr"] = lr
-                ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+                ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
                 with autocast:
                     if objective is None:
                         loss = F.cross_entropy(model(ids, mask).float(), run.labels[batch])  # model(...): (B, labels)
