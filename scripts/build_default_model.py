@@ -98,8 +98,8 @@ def _csv(path: Path) -> list[dict]:
 class Build:
     """The stages' shared state: the work directory, its stage log, and the data splits."""
 
-    def __init__(self, work: Path, data: Path, sample: int | None = None):
-        self.work, self.data, self.sample = work, data, sample
+    def __init__(self, work: Path, data: Path, sample: int | None = None, device: str = "auto"):
+        self.work, self.data, self.sample, self.device = work, data, sample, device
         self.log_path = work / "stages.json"
         self.log = json.loads(self.log_path.read_text()) if self.log_path.is_file() else {}
 
@@ -207,16 +207,19 @@ def stage_split(build: Build) -> dict:
 
 
 def stage_train(build: Build) -> dict:
+    from dataclasses import replace
+
     from distilsent.model.checkpoint import load_model
     from distilsent.training.train import train
 
-    config = recipe()
+    config = replace(recipe(), device=build.device)
     parts = build.splits()
     model, tokenizer = load_model(ROOT / "src" / "distilsent" / "default_model")
     model = model.float()
     summary = train(model, tokenizer, parts["train"], parts["select"], config, build.work / "train", weights=WEIGHTS)
     return {"best": summary["best"], "steps": summary["steps"], "precision": summary["precision"],
-            "examples_per_second": summary["examples_per_second"], "examples_per_epoch": summary["examples_per_epoch"]}
+            "device": summary["device"], "examples_per_second": summary["examples_per_second"],
+            "examples_per_epoch": summary["examples_per_epoch"]}
 
 
 def _brief(metrics: dict) -> dict:
@@ -383,9 +386,11 @@ def main() -> int:
                         help="where the shipped model is written (default: %(default)s)")
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="try the pipeline on the first N texts of every split (use another --work)")
+    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}",
+                        help="where the train stage computes (default auto: a GPU where PyTorch sees one)")
     args = parser.parse_args()
 
-    build = Build(args.work, args.data, args.sample)
+    build = Build(args.work, args.data, args.sample, args.device)
     build.check_recipe()
     for stage in STAGES[: STAGES.index(args.until) + 1]:
         if build.done(stage):

@@ -71,3 +71,19 @@ def test_a_work_directory_of_another_recipe_is_refused_not_resumed(build_module,
     (tmp_path / "stages.json").write_text(json.dumps(log))
     with pytest.raises(SystemExit, match="none recorded"):
         build_module.Build(tmp_path, DATA).check_recipe()
+
+
+def test_sweep_candidates_are_valid_recipes_and_the_budget_ones_fit_the_build(build_module):
+    from dataclasses import replace
+
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "scripts" / "sweep_default_recipes.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    shipped = build_module.recipe()
+    for name, (weights, changes, budget) in sweep.CANDIDATES.items():
+        assert set(weights) == set(build_module.SOURCES), name
+        config = replace(shipped, **changes)  # TrainConfig checks every setting
+        if budget:  # no more steps of no longer sequences than the shipped recipe's one pass
+            assert config.max_steps == sweep.STEPS and config.epochs == shipped.epochs == 1, name
+            assert (config.batch_size, config.max_length) == (shipped.batch_size, shipped.max_length), name
+    assert {budget for _, _, budget in sweep.CANDIDATES.values()} == {True, False}
