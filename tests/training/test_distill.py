@@ -40,7 +40,7 @@ def trained(directory, vocab_file, examples, labels):
     base = make_tiny_model(directory / "init", vocab_file, seed=1, id2label=dict(enumerate(labels)))
     model, tokenizer = initial_model(str(base), labels, seed=1)
     config = TrainConfig(learning_rate=2e-3, batch_size=16, warmup_steps=5, epochs=3, max_length=32, eval_every=0,
-                         seed=1, group_size=4, threads=1, precision="fp32")
+                         seed=1, group_size=4, threads=1, precision="fp32", device="cpu")
     train(model, tokenizer, examples, None, config, directory / "run", progress=False)
     return directory / "run" / "best"
 
