@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shutil
 import sys
 import time
@@ -351,7 +352,8 @@ def stage_ship(build: Build) -> dict:
         "**Measured, never chosen on** (each model reading long texts its own way, as stored in its config):\n\n"
         "| data | previous model | accuracy | F1 | ECE | ECE of perfect calibration | texts |\n"
         "|---|---|---|---|---|---|---|\n" + set_rows + "\n"
-        "Wall time on 2 CPU cores (" + _cpu_flags() + "): "
+        f"Wall time on {os.cpu_count()} CPU cores (" + _cpu_flags() + ")"
+        + ("" if trained.get("device", "cpu") == "cpu" else f", the train stage on {trained['device']}") + ": "
         + ", ".join(f"{stage} {seconds / 60:.1f} min" for stage, seconds in stage_seconds.items())
         + ", ship " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()) + ".\n"
     )
