@@ -46,45 +46,50 @@ CANDIDATES = {
 }
 
 
-def run_one(name: str, work: Path, data: Path, device: str, sample: int | None, threads: int) -> dict:
+SHIPPED_MODEL = build_script.ROOT / "src" / "distilsent" / "default_model"
+
+
+def sst2_dev(directory: Path, data: Path, sample: int | None) -> float:
+    """SST-2 dev accuracy (measured, never chosen on); its sentences fit 128 tokens, so no reading applies."""
     from distilsent import Classifier
     from distilsent.data.examples import read_examples
-    from distilsent.model.checkpoint import load_model
     from distilsent.training.evaluate import evaluate
+
+    dev = read_examples(data / "sst2" / "dev.tsv")[: sample or None]
+    return evaluate(Classifier.load(directory, long_text="truncate"), dev)["accuracy"]
+
+
+def run_one(name: str, work: Path, data: Path, device: str, sample: int | None, threads: int) -> dict:
+    from distilsent.model.checkpoint import load_model
     from distilsent.training.train import train
 
     weights, changes, budget = CANDIDATES[name]
     config = replace(build_script.recipe(), device=device, threads=threads, **changes)
     parts = build_script.Build(work, data, sample).splits()
-    model, tokenizer = load_model(build_script.ROOT / "src" / "distilsent" / "default_model")
+    model, tokenizer = load_model(SHIPPED_MODEL)
     started = time.perf_counter()
     summary = train(model.float(), tokenizer, parts["train"], parts["select"], config, work / name, weights=weights,
                     progress=False)
     seconds = time.perf_counter() - started
-    dev = read_examples(data / "sst2" / "dev.tsv")
-    if sample:
-        dev = dev[:sample]
     best = summary["best"]
     return {"budget": budget, "weights": weights, "changes": changes, "steps": summary["steps"],
             "seconds": seconds, "best": {k: best[k] for k in ("step", "weights", "accuracy")},
             "select": best["per_source"], "select_mean": sum(best["per_source"].values()) / len(best["per_source"]),
-            "sst2_dev": evaluate(Classifier.load(work / name / "best", long_text="truncate"), dev)["accuracy"]}
+            "sst2_dev": sst2_dev(work / name / "best", data, sample)}
 
 
 def baseline(work: Path, data: Path, sample: int | None) -> dict:
-    """The shipped model read as the train stage reads (its 128-token head_tail) on the same splits."""
+    """The shipped model read as the train stage reads (the recipe's head_tail) on the same splits."""
     from distilsent import Classifier
-    from distilsent.data.examples import read_examples
     from distilsent.training.evaluate import evaluate
 
+    shipped = build_script.recipe()
     parts = build_script.Build(work, data, sample).splits()
-    clf = Classifier.load(build_script.ROOT / "src" / "distilsent" / "default_model", long_text="head_tail",
-                          max_length=128, head=32)
+    clf = Classifier.load(SHIPPED_MODEL, long_text=shipped.long_text, max_length=shipped.max_length,
+                          head=shipped.head)
     select = {k: m["accuracy"] for k, m in evaluate(clf, parts["select"])["per_source"].items()}
-    dev = read_examples(data / "sst2" / "dev.tsv")[: sample or None]
     return {"select": select, "select_mean": sum(select.values()) / len(select),
-            "sst2_dev": evaluate(Classifier.load(build_script.ROOT / "src" / "distilsent" / "default_model",
-                                                 long_text="truncate"), dev)["accuracy"]}
+            "sst2_dev": sst2_dev(SHIPPED_MODEL, data, sample)}
 
 
 def main() -> int:

@@ -167,8 +167,10 @@ class Distillation:
             return distillation_loss(logits, targets, labels, self.options)
         logits, hidden = model.forward_with_hidden_states(ids, mask)
         logits, hidden = logits.float(), [h.float() for h in hidden]
+        if next(self.teacher.parameters()).device != ids.device:  # once: the run's device is known only now
+            self.teacher.to(ids.device)
         with torch.no_grad():
-            teacher_hidden = self.teacher.to(ids.device).distilbert(ids, mask)[-1]  # (B, T, D)
+            teacher_hidden = self.teacher.distilbert(ids, mask)[-1]  # (B, T, D)
         return distillation_loss(logits, targets, labels, self.options,
                                  student_hidden=hidden[-1], teacher_hidden=teacher_hidden, mask=mask)
 
